@@ -1,0 +1,2 @@
+//! The receiver agent: serves one qrexec call from dom0.
+#![forbid(unsafe_code)]
