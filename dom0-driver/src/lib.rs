@@ -1,2 +1,7 @@
 //! The dom0 driver of qubes-zfs-backup.
 #![forbid(unsafe_code)]
+
+pub mod config;
+pub mod diag;
+pub mod names;
+pub mod yaml;

@@ -1,0 +1,79 @@
+//! Diagnostics: the errors and warnings `check` shows, each with where it comes from.
+
+use crate::yaml::Pos;
+use serde::Serialize;
+use std::fmt;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+/// One finding about a config or the plan. `path` is the config key path (`scope.since`,
+/// `core-qubes.members[2]`), empty when the finding is about the system rather than a key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Diagnostic {
+    pub severity: Severity,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub column: Option<usize>,
+    pub message: String,
+}
+
+impl Diagnostic {
+    pub fn error(path: impl Into<String>, pos: Option<Pos>, message: impl Into<String>) -> Self {
+        Self::new(Severity::Error, path, pos, message)
+    }
+
+    pub fn warning(path: impl Into<String>, pos: Option<Pos>, message: impl Into<String>) -> Self {
+        Self::new(Severity::Warning, path, pos, message)
+    }
+
+    fn new(
+        severity: Severity,
+        path: impl Into<String>,
+        pos: Option<Pos>,
+        message: impl Into<String>,
+    ) -> Self {
+        Diagnostic {
+            severity,
+            path: path.into(),
+            line: pos.map(|p| p.line),
+            column: pos.map(|p| p.column),
+            message: message.into(),
+        }
+    }
+
+    /// The one-line form: `file:line:col: path: message`.
+    pub fn render(&self, file: Option<&str>) -> String {
+        let mut out = String::new();
+        if let Some(file) = file {
+            out.push_str(file);
+            out.push(':');
+            if let Some(line) = self.line {
+                out.push_str(&format!("{line}:"));
+                if let Some(col) = self.column {
+                    out.push_str(&format!("{col}:"));
+                }
+            }
+            out.push(' ');
+        }
+        if !self.path.is_empty() {
+            out.push_str(&self.path);
+            out.push_str(": ");
+        }
+        out.push_str(&self.message);
+        out
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.render(None))
+    }
+}
