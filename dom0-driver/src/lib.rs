@@ -3,5 +3,7 @@
 
 pub mod config;
 pub mod diag;
+pub mod inventory;
 pub mod names;
+pub mod output;
 pub mod yaml;
