@@ -6,4 +6,5 @@ pub mod diag;
 pub mod inventory;
 pub mod names;
 pub mod output;
+pub mod plan;
 pub mod yaml;

@@ -42,7 +42,10 @@ pub fn describe_char(c: char) -> String {
 }
 
 /// A ZFS filesystem or volume name such as `mainpool/qubes/work/private`.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
 pub struct DatasetName(String);
 
 impl DatasetName {
@@ -131,7 +134,10 @@ impl fmt::Display for DatasetName {
 }
 
 /// The label of a snapshot, the part after `@` (stored without the `@`).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
 pub struct SnapLabel(String);
 
 impl SnapLabel {
@@ -178,7 +184,10 @@ impl fmt::Display for SnapLabel {
 }
 
 /// A snapshot: dataset plus label.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
 pub struct SnapshotName {
     pub dataset: DatasetName,
     pub label: SnapLabel,
@@ -208,7 +217,10 @@ impl fmt::Display for SnapshotName {
 }
 
 /// A qube name, by Qubes' own rule: a letter, then letters, digits, `_`, `.` or `-`.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
 pub struct QubeName(String);
 
 impl QubeName {
@@ -249,6 +261,42 @@ impl QubeName {
 impl fmt::Display for QubeName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+macro_rules! string_conversions {
+    ($($ty:ident => $parse:path),*) => {$(
+        impl TryFrom<String> for $ty {
+            type Error = String;
+            fn try_from(s: String) -> Result<Self, String> {
+                $parse(&s).map_err(|e| format!("{s:?} is not a valid name: {e}"))
+            }
+        }
+        impl From<$ty> for String {
+            fn from(n: $ty) -> String {
+                n.to_string()
+            }
+        }
+    )*};
+}
+
+string_conversions!(
+    DatasetName => DatasetName::parse,
+    SnapshotName => SnapshotName::parse,
+    QubeName => QubeName::parse
+);
+
+// A label travels without its '@' (Display adds it for people).
+impl TryFrom<String> for SnapLabel {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        SnapLabel::parse(&s).map_err(|e| format!("{s:?} is not a valid snapshot label: {e}"))
+    }
+}
+
+impl From<SnapLabel> for String {
+    fn from(l: SnapLabel) -> String {
+        l.0
     }
 }
 
