@@ -1,2 +1,34 @@
 //! Wire format shared by the dom0 driver and the receiver agent.
+//!
+//! See `protocol/README.md` for the full description. In short: one qrexec call carries a
+//! hello each way, then requests (bincode) answered by replies (bincode); a receive request is
+//! followed by data frames (each with sequence number, stream offset and blake3) and an end
+//! frame (total length, frame count, blake3 of the whole stream). Every frame has a
+//! little-endian `kind, length` header whose length is checked before anything is allocated.
+//!
+//! The crate does no process or file I/O; it only reads and writes `std::io` streams.
 #![forbid(unsafe_code)]
+
+pub mod frame;
+pub mod messages;
+pub mod names;
+pub mod token;
+
+pub use frame::{
+    expect_hello, read_frame, read_frame_required, send_hello, write_frame, EndFrame, FrameKind,
+    Hello, ProtocolError, Role, StreamFramer, StreamVerifier, DATA_PREFIX_LEN, END_PAYLOAD_LEN,
+    FRAME_HEADER_LEN, HELLO_PAYLOAD_LEN, MAGIC, MAX_DATA_CHUNK, MAX_DATA_PAYLOAD,
+    MAX_REPLY_PAYLOAD, MAX_REQUEST_PAYLOAD, PROTOCOL_VERSION,
+};
+pub use messages::{
+    decode_reply, decode_request, encode_reply, encode_request, read_reply, read_request,
+    truncate_text, write_reply, write_request, AbortRequest, DatasetInfo, DatasetKind, ErrorClass,
+    ErrorReply, InventoryReply, InventoryRequest, ReceiveFailure, ReceiveMode, ReceiveRequest,
+    ReceiveResult, Reply, Request, SnapshotInfo, MAX_INVENTORY_DATASETS, MAX_INVENTORY_SNAPSHOTS,
+    MAX_MESSAGE_LEN, MAX_RESUME_TOKEN_LEN, MAX_ZFS_STDERR_LEN,
+};
+pub use names::{DatasetName, NameError, SnapshotName, MAX_NAME_LEN};
+pub use token::{
+    decode_resume_token, encode_resume_token, encode_resume_token_with, NvEncoding, ResumeToken,
+    TokenError,
+};
