@@ -741,3 +741,9 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 #[cfg(test)]
 mod tests;
+
+/// Fixtures other modules' tests share.
+#[cfg(test)]
+pub mod tests_support {
+    pub use super::tests::SEED_EXAMPLE;
+}

@@ -1,5 +1,5 @@
 #![forbid(unsafe_code)]
 
 fn main() {
-    std::process::exit(0);
+    std::process::exit(dom0_driver::cli::main());
 }

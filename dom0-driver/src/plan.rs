@@ -269,17 +269,16 @@ impl<'a> Planner<'a> {
                 Some(self.config.receiver_qube_pos),
                 format!("qube '{qube}' does not exist"),
             )),
-            Some(q) if !RECEIVER_CLASSES.contains(&q.class.as_str()) => self
-                .plan
-                .errors
-                .push(Diagnostic::error(
-                "receiver.qube",
-                Some(self.config.receiver_qube_pos),
-                format!(
+            Some(q) if !RECEIVER_CLASSES.contains(&q.class.as_str()) => {
+                self.plan.errors.push(Diagnostic::error(
+                    "receiver.qube",
+                    Some(self.config.receiver_qube_pos),
+                    format!(
                     "qube '{qube}' is a {}; the backup must go to an AppVM, DispVM or StandaloneVM",
                     q.class
                 ),
-            )),
+                ))
+            }
             Some(_) => {}
         }
         let members: Vec<_> = self.members().collect();

@@ -1,0 +1,469 @@
+//! The command line: parses arguments, runs one command, turns errors into exit codes.
+
+use crate::config::{self, Config};
+use crate::diag::Diagnostic;
+use crate::error::{Error, Result};
+use crate::inventory::{self, Inventory, Runner, SystemRunner};
+use crate::output::{human_bytes, sanitize, Style};
+use crate::plan::{self, Plan};
+use crate::report;
+use crate::state::{BackupState, SendState, SnapshotState, Store};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+pub const DEFAULT_METADATA_DIR: &str = "/var/lib/qubes-zfs-backup";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "qubes-zfs-backup",
+    version,
+    about = "Backups of Qubes OS qubes whose storage is on ZFS, sent to a backup qube.",
+    long_about = "Backups of Qubes OS qubes whose storage is on ZFS, sent with zfs send through \
+                  a qrexec service into a backup qube.\n\nA backup goes: check FILE, import FILE, \
+                  snapshot NAME, calc NAME, send NAME.",
+    after_help = "Exit codes: 0 ok (warnings allowed), 1 invalid config, 2 usage, 4 config file \
+                  not found, 5 a system tool failed, 6 state or refused, 7 receiver, 8 send \
+                  failed, 9 security refusal."
+)]
+pub struct Cli {
+    /// Where imported backups are kept.
+    #[arg(long, global = true, env = "QUBES_ZFS_BACKUP_METADATA_DIR", default_value = DEFAULT_METADATA_DIR)]
+    pub metadata_dir: PathBuf,
+
+    /// Show what runs (every command line) on stderr.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Check a config against this system and show exactly what it would back up.
+    #[command(
+        after_help = "Example:\n  qubes-zfs-backup check backup1.yaml\n  qubes-zfs-backup check --json backup1.yaml | jq .targets"
+    )]
+    Check {
+        /// The YAML backup config.
+        file: PathBuf,
+        /// Print one JSON object instead of the report.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Import a config: fix its plan and store it under its name.
+    #[command(after_help = "Example:\n  qubes-zfs-backup import backup1.yaml")]
+    Import {
+        file: PathBuf,
+        /// Replace an imported backup of the same name (its progress is lost).
+        #[arg(long)]
+        replace: bool,
+    },
+    /// List imported backups.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Estimate the size of every send (zfs send -n -v -P).
+    #[command(after_help = "Example:\n  qubes-zfs-backup calc mybackup1")]
+    Calc {
+        /// The backup's name (its config's `name`).
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the state of every target of an imported backup.
+    Status {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Entry point used by `main`: returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    init_tracing(cli.verbose);
+    match run(&cli, &SystemRunner) {
+        Ok(()) => 0,
+        Err(e) => {
+            let style = Style::for_stderr();
+            eprintln!("{} {}", style.red("error:"), sanitize(&e.to_string()));
+            e.exit_code()
+        }
+    }
+}
+
+fn init_tracing(verbose: bool) {
+    let level = if verbose {
+        tracing::Level::DEBUG
+    } else {
+        tracing::Level::WARN
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .try_init();
+}
+
+pub fn run(cli: &Cli, runner: &dyn Runner) -> Result<()> {
+    let store = Store::new(&cli.metadata_dir);
+    match &cli.command {
+        Command::Check { file, json } => check(&store, runner, file, *json),
+        Command::Import { file, replace } => import(&store, runner, file, *replace),
+        Command::List { json } => list(&store, *json),
+        Command::Calc { name, json } => calc(&store, runner, name, *json),
+        Command::Status { name, json } => status(&store, name, *json),
+    }
+}
+
+fn read_config(file: &PathBuf) -> Result<String> {
+    let display = file.display().to_string();
+    let bytes = std::fs::read(file).map_err(|e| Error::ConfigFile {
+        path: display.clone(),
+        problem: e.to_string(),
+        not_found: e.kind() == std::io::ErrorKind::NotFound,
+    })?;
+    String::from_utf8(bytes).map_err(|e| Error::ConfigFile {
+        path: display,
+        problem: format!(
+            "it is not UTF-8 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        ),
+        not_found: false,
+    })
+}
+
+/// Reads, checks and plans a config against the live system.
+struct Checked {
+    text: String,
+    config: Config,
+    plan: Plan,
+    warnings: Vec<Diagnostic>,
+}
+
+fn check_config(
+    runner: &dyn Runner,
+    file: &PathBuf,
+) -> Result<std::result::Result<Checked, (Option<Config>, Vec<Diagnostic>, Vec<Diagnostic>)>> {
+    let text = read_config(file)?;
+    let (config, mut warnings) = match config::parse(&text) {
+        Ok(ok) => ok,
+        Err(errors) => return Ok(Err((None, errors, Vec::new()))),
+    };
+    let inv = inventory::collect(runner)?;
+    let plan = plan::plan(&config, &inv);
+    warnings.extend(plan.warnings.iter().cloned());
+    if !plan.errors.is_empty() {
+        let errors = plan.errors.clone();
+        return Ok(Err((Some(config), errors, warnings)));
+    }
+    Ok(Ok(Checked {
+        text,
+        config,
+        plan,
+        warnings,
+    }))
+}
+
+fn print_warnings(file: &str, warnings: &[Diagnostic]) {
+    let style = Style::for_stderr();
+    for w in warnings {
+        eprintln!(
+            "{}",
+            style.yellow(&format!("Warning: {}", sanitize(&w.render(Some(file)))))
+        );
+    }
+}
+
+fn finished(warnings: usize) {
+    if warnings > 0 {
+        let style = Style::for_stderr();
+        let noun = if warnings == 1 { "warning" } else { "warnings" };
+        eprintln!(
+            "Program finished successfully, but with {}.",
+            style.yellow(&format!("{warnings} {noun}"))
+        );
+    }
+}
+
+fn check(store: &Store, runner: &dyn Runner, file: &PathBuf, json: bool) -> Result<()> {
+    let display = file.display().to_string();
+    match check_config(runner, file)? {
+        Ok(c) => {
+            let imported = store.exists(&c.config.name);
+            if json {
+                let v =
+                    report::check_json(&display, Some(&c.config), Some(&c.plan), &[], &c.warnings);
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                return Ok(());
+            }
+            print_warnings(&display, &c.warnings);
+            print!(
+                "{}",
+                report::check_text(&c.config, &c.plan, imported, Style::for_stdout())
+            );
+            let unreferenced = c.plan.coverage.unreferenced.len();
+            finished(c.warnings.len() + unreferenced);
+            Ok(())
+        }
+        Err((config, errors, warnings)) => {
+            if json {
+                let v = report::check_json(&display, config.as_ref(), None, &errors, &warnings);
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                print_warnings(&display, &warnings);
+            }
+            Err(Error::InvalidConfig {
+                file: display,
+                errors,
+            })
+        }
+    }
+}
+
+fn import(store: &Store, runner: &dyn Runner, file: &PathBuf, replace: bool) -> Result<()> {
+    let display = file.display().to_string();
+    // Refuse an existing name before any system query: the name is known from the file alone.
+    let text = read_config(file)?;
+    if let Ok((cfg, _)) = config::parse(&text) {
+        if store.exists(&cfg.name) && !replace {
+            return Err(Error::Refused(format!(
+                "a backup named '{}' is already imported; choose another name, or pass --replace to discard its progress",
+                cfg.name
+            )));
+        }
+    }
+    let c = match check_config(runner, file)? {
+        Ok(c) => c,
+        Err((_, errors, warnings)) => {
+            print_warnings(&display, &warnings);
+            return Err(Error::InvalidConfig {
+                file: display,
+                errors,
+            });
+        }
+    };
+    print_warnings(&display, &c.warnings);
+    let _lock = store.lock(&c.config.name)?;
+    let path = std::fs::canonicalize(file).unwrap_or_else(|_| file.clone());
+    let state = BackupState::new(
+        &c.config,
+        &path.display().to_string(),
+        &c.text,
+        c.plan.targets,
+    );
+    store.save(&state)?;
+    println!("Config validation {}", Style::for_stdout().green("PASSED"));
+    println!(
+        "Imported {} ({} targets) into {}",
+        state.name,
+        state.targets.len(),
+        store.dir().display()
+    );
+    finished(c.warnings.len());
+    Ok(())
+}
+
+fn list(store: &Store, json: bool) -> Result<()> {
+    let all = store.list()?;
+    if json {
+        let v: Vec<_> = all
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "name": s.name,
+                    "imported_at": s.imported_at,
+                    "config_path": s.config_path,
+                    "targets": s.targets.len(),
+                    "done": s.targets.iter().filter(|t| t.send_state == SendState::Done).count(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return Ok(());
+    }
+    if all.is_empty() {
+        println!("No backups imported in {}.", store.dir().display());
+    }
+    for s in all {
+        let done = s
+            .targets
+            .iter()
+            .filter(|t| t.send_state == SendState::Done)
+            .count();
+        println!(
+            "{}  {}  {done}/{} sent  ({})",
+            s.imported_at,
+            s.name,
+            s.targets.len(),
+            s.config_path
+        );
+    }
+    Ok(())
+}
+
+/// Arguments of `zfs send` for a target (without the `zfs` itself). Used for the estimate and the
+/// real send, so both always agree.
+pub fn send_args(t: &crate::plan::Target, dry_run: bool) -> Vec<String> {
+    let mut a = vec!["send".to_owned()];
+    if dry_run {
+        a.extend(["-n", "-v", "-P"].map(String::from));
+    }
+    // -L large blocks, -e embedded data, -c compressed blocks as stored: fewer bytes, same data.
+    // -p carries the dataset's properties so a restore is faithful.
+    a.extend(["-L", "-e", "-c", "-p"].map(String::from));
+    if let Some(src) = &t.incremental_source {
+        a.push(if t.progressive { "-I" } else { "-i" }.to_owned());
+        a.push(src.to_string());
+    }
+    a.push(t.snapshot.to_string());
+    a
+}
+
+/// Reads the total from `zfs send -n -v -P` output: the `size\t<bytes>` line.
+pub fn parse_send_size(text: &str) -> Option<u64> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("size\t").or_else(|| l.strip_prefix("size ")))
+        .filter_map(|n| n.trim().parse().ok())
+        .next_back()
+}
+
+/// Re-reads the live system and refreshes every target's snapshot state from it (a snapshot made
+/// by hand after import is picked up; backup.py's stale "would" state is a known bug).
+fn refresh_snapshots(state: &mut BackupState, inv: &Inventory) -> Result<()> {
+    for t in &mut state.targets {
+        match inv.zfs.snapshot(&t.target.snapshot) {
+            Some(s) => {
+                if let Some(planned) = t.target.guid {
+                    if planned != s.guid {
+                        return Err(Error::Refused(format!(
+                            "snapshot {} was replaced since import (guid {} then, {} now); its data is not what was planned. Import the config again (--replace) to plan with the new snapshot.",
+                            t.target.snapshot, planned, s.guid
+                        )));
+                    }
+                }
+                t.target.guid = Some(s.guid);
+                if t.snapshot_state == SnapshotState::Missing {
+                    t.snapshot_state = SnapshotState::Exists;
+                }
+            }
+            None => {
+                if t.target.guid.is_some() {
+                    return Err(Error::Refused(format!(
+                        "snapshot {} existed at import but is gone now; it may have been rotated away. Import the config again (--replace).",
+                        t.target.snapshot
+                    )));
+                }
+                t.snapshot_state = SnapshotState::Missing;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn calc(store: &Store, runner: &dyn Runner, name: &str, json: bool) -> Result<()> {
+    let _lock = store.lock(name)?;
+    let mut state = store.load(name)?;
+    let inv = Inventory {
+        zfs: inventory::collect_zfs(runner)?,
+        ..Default::default()
+    };
+    refresh_snapshots(&mut state, &inv)?;
+    let mut warnings = Vec::new();
+    let mut missing = 0usize;
+    for t in &mut state.targets {
+        if t.snapshot_state == SnapshotState::Missing {
+            missing += 1;
+            continue;
+        }
+        let args = send_args(&t.target, true);
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = runner.run("zfs", &argv)?;
+        let text = String::from_utf8_lossy(&out);
+        let size = parse_send_size(&text).ok_or_else(|| {
+            Error::Tool(inventory::ToolError {
+                command: inventory::command_line("zfs", &argv),
+                problem: "printed no 'size' line".into(),
+            })
+        })?;
+        t.size_estimate = Some(size);
+    }
+    store.save(&state)?;
+    if missing > 0 {
+        warnings.push(Diagnostic::warning(
+            "",
+            None,
+            format!("{missing} target snapshot(s) do not exist yet, so their size is unknown; run `snapshot {name}` first"),
+        ));
+    }
+    let rows: Vec<_> = state
+        .targets
+        .iter()
+        .map(|t| (t.target.clone(), t.size_estimate))
+        .collect();
+    let total: u64 = rows.iter().filter_map(|(_, s)| *s).sum();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report::calc_json(name, &rows, &warnings, total))
+                .unwrap_or_default()
+        );
+        return Ok(());
+    }
+    print_warnings(name, &warnings);
+    println!("Calculated size of {} objects", rows.len() - missing);
+    print!("{}", report::calc_text(&rows, total));
+    finished(warnings.len());
+    Ok(())
+}
+
+fn status(store: &Store, name: &str, json: bool) -> Result<()> {
+    let state = store.load(name)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&state.targets).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    println!(
+        "{} (imported {}, {} targets)",
+        state.name,
+        state.imported_at,
+        state.targets.len()
+    );
+    for t in &state.targets {
+        let snap = match t.snapshot_state {
+            SnapshotState::Exists => "exists",
+            SnapshotState::Missing => "missing",
+            SnapshotState::Created => "created",
+        };
+        let send = match t.send_state {
+            SendState::Pending => "pending",
+            SendState::Partial => "partial",
+            SendState::Done => "done",
+        };
+        let size = t
+            .size_estimate
+            .map(human_bytes)
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "  {send:<8} {snap:<8} {size:>10}  {}  [{}]",
+            t.target.snapshot,
+            report::describe_send(&t.target)
+        );
+        if let Some(e) = &t.last_error {
+            println!("           last error: {}", sanitize(e));
+        }
+    }
+    Ok(())
+}

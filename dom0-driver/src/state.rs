@@ -1,0 +1,391 @@
+//! The imported backups: one JSON state file per backup in the metadata directory.
+//!
+//! Written atomically (temp file, fsync, rename, directory fsync) after every change, so a
+//! `kill -9` at any moment leaves either the old or the new file, never a torn one. The raw config
+//! text is kept and re-checked on load, so the state never disagrees with the rules of the binary
+//! reading it.
+
+use crate::config::{self, Config};
+use crate::error::{Error, Result};
+use crate::plan::Target;
+use serde::{Deserialize, Serialize};
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub const FORMAT: &str = "qubes-zfs-backup-state";
+pub const VERSION: u32 = 1;
+/// A state file larger than this is refused rather than read (a plan of 100,000 targets is
+/// about 60 MiB).
+const MAX_STATE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Where a target's snapshot stands on the source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SnapshotState {
+    /// It existed when checked.
+    Exists,
+    /// It does not exist yet; `snapshot` may create it.
+    Missing,
+    /// Created by `snapshot`.
+    Created,
+}
+
+/// Where a target's send stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SendState {
+    Pending,
+    /// Interrupted: the receiver may hold a resumable partial receive.
+    Partial,
+    Done,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetState {
+    #[serde(flatten)]
+    pub target: Target,
+    pub snapshot_state: SnapshotState,
+    pub size_estimate: Option<u64>,
+    pub send_state: SendState,
+    /// The guid the receiver reported for the received snapshot.
+    pub received_guid: Option<u64>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BackupState {
+    pub format: String,
+    pub version: u32,
+    pub name: String,
+    pub imported_at: String,
+    pub config_path: String,
+    pub raw_config: String,
+    pub targets: Vec<TargetState>,
+}
+
+impl BackupState {
+    pub fn new(config: &Config, config_path: &str, raw_config: &str, targets: Vec<Target>) -> Self {
+        BackupState {
+            format: FORMAT.into(),
+            version: VERSION,
+            name: config.name.clone(),
+            imported_at: utc_now(),
+            config_path: config_path.into(),
+            raw_config: raw_config.into(),
+            targets: targets
+                .into_iter()
+                .map(|t| TargetState {
+                    snapshot_state: if t.guid.is_some() {
+                        SnapshotState::Exists
+                    } else {
+                        SnapshotState::Missing
+                    },
+                    target: t,
+                    size_estimate: None,
+                    send_state: SendState::Pending,
+                    received_guid: None,
+                    last_error: None,
+                })
+                .collect(),
+        }
+    }
+
+    /// The config this backup was imported from, checked again by today's rules.
+    pub fn config(&self) -> Result<Config> {
+        config::parse(&self.raw_config)
+            .map(|(c, _)| c)
+            .map_err(|errors| {
+                Error::State(format!(
+                    "the stored config of backup '{}' no longer passes the checks: {}",
+                    self.name,
+                    errors.first().map(|e| e.to_string()).unwrap_or_default()
+                ))
+            })
+    }
+}
+
+/// The metadata directory.
+pub struct Store {
+    dir: PathBuf,
+}
+
+impl Store {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Store { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.json"))
+    }
+
+    pub fn exists(&self, name: &str) -> bool {
+        self.path(name).exists()
+    }
+
+    /// Creates the directory (mode 0700) if it is missing.
+    pub fn ensure_dir(&self) -> Result<()> {
+        if self.dir.is_dir() {
+            return Ok(());
+        }
+        let mut builder = fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(&self.dir).map_err(|e| {
+            Error::State(format!(
+                "cannot create metadata directory {}: {e}",
+                self.dir.display()
+            ))
+        })
+    }
+
+    pub fn load(&self, name: &str) -> Result<BackupState> {
+        if !valid_name(name) {
+            return Err(Error::Refused(format!(
+                "'{name}' is not a valid backup name"
+            )));
+        }
+        let path = self.path(name);
+        let file = File::open(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::Refused(format!(
+                    "no backup named '{name}' is imported (looked for {}); import a config first, or see `list`",
+                    path.display()
+                ))
+            } else {
+                Error::State(format!("cannot open {}: {e}", path.display()))
+            }
+        })?;
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if len > MAX_STATE_BYTES {
+            return Err(Error::State(format!(
+                "{} is {len} bytes, larger than any state file we write; refusing to read it",
+                path.display()
+            )));
+        }
+        let value: serde_json::Value = serde_json::from_reader(std::io::BufReader::new(file))
+            .map_err(|e| Error::State(format!("{} is corrupt (not valid JSON: {e}); restore it from a copy or import the config again with --replace", path.display())))?;
+        let format = value.get("format").and_then(|v| v.as_str());
+        let version = value.get("version").and_then(|v| v.as_u64());
+        if format != Some(FORMAT) {
+            return Err(Error::State(format!(
+                "{} is not a qubes-zfs-backup state file",
+                path.display()
+            )));
+        }
+        match version {
+            Some(v) if v == u64::from(VERSION) => {}
+            Some(v) if v > u64::from(VERSION) => {
+                return Err(Error::State(format!(
+                    "{} was written by a newer qubes-zfs-backup (state format {v}; this one reads {VERSION}); upgrade before using it",
+                    path.display()
+                )))
+            }
+            _ => return Err(Error::State(format!("{} has an unknown state format version", path.display()))),
+        }
+        serde_json::from_value(value)
+            .map_err(|e| Error::State(format!("{} is corrupt: {e}", path.display())))
+    }
+
+    /// Writes the state atomically.
+    pub fn save(&self, state: &BackupState) -> Result<()> {
+        self.ensure_dir()?;
+        let path = self.path(&state.name);
+        let tmp = self
+            .dir
+            .join(format!(".{}.json.tmp-{}", state.name, std::process::id()));
+        let io = |what: &str, e: std::io::Error| {
+            Error::State(format!("cannot {what} {}: {e}", tmp.display()))
+        };
+        let text = serde_json::to_vec_pretty(state)
+            .map_err(|e| Error::State(format!("cannot encode state: {e}")))?;
+        let mut opts = OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut f = opts.open(&tmp).map_err(|e| io("create", e))?;
+        f.write_all(&text).map_err(|e| io("write", e))?;
+        f.sync_all().map_err(|e| io("sync", e))?;
+        drop(f);
+        fs::rename(&tmp, &path)
+            .map_err(|e| Error::State(format!("cannot replace {}: {e}", path.display())))?;
+        // The rename is durable only once the directory entry is.
+        if let Ok(d) = File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+
+    /// Every imported backup, by name.
+    pub fn list(&self) -> Result<Vec<BackupState>> {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(Error::State(format!(
+                    "cannot read {}: {e}",
+                    self.dir.display()
+                )))
+            }
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".json"))
+                    .map(str::to_owned)
+            })
+            .filter(|n| valid_name(n))
+            .collect();
+        names.sort();
+        names.iter().map(|n| self.load(n)).collect()
+    }
+
+    /// Takes the backup's lock for the life of the returned guard; a second holder is refused.
+    pub fn lock(&self, name: &str) -> Result<StateLock> {
+        self.ensure_dir()?;
+        let path = self.dir.join(format!("{name}.lock"));
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::State(format!("cannot open lock file {}: {e}", path.display())))?;
+        match file.try_lock() {
+            Ok(()) => Ok(StateLock { _file: file }),
+            Err(fs::TryLockError::WouldBlock) => Err(Error::Refused(format!(
+                "backup '{name}' is in use by another qubes-zfs-backup process (lock {}); wait for it to finish",
+                path.display()
+            ))),
+            Err(fs::TryLockError::Error(e)) => Err(Error::State(format!("cannot lock {}: {e}", path.display()))),
+        }
+    }
+}
+
+/// Holds a backup's lock until dropped.
+#[derive(Debug)]
+pub struct StateLock {
+    _file: File,
+}
+
+/// Same rule as the config's `name`.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with(['.', '-'])
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+/// Now, as `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    format_utc(secs)
+}
+
+/// Formats seconds since the epoch as a UTC timestamp (civil-from-days, proleptic Gregorian).
+pub fn format_utc(secs: u64) -> String {
+    let days = (secs / 86400) as i64;
+    let rem = secs % 86400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_formatting_matches_known_dates() {
+        assert_eq!(format_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_utc(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(format_utc(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    fn sample() -> BackupState {
+        let text = crate::config::tests_support::SEED_EXAMPLE;
+        let (cfg, _) = config::parse(text).unwrap();
+        BackupState::new(&cfg, "/tmp/b.yaml", text, Vec::new())
+    }
+
+    #[test]
+    fn state_round_trips_and_is_written_atomically() {
+        let dir = std::env::temp_dir().join(format!("qzb-state-{}", std::process::id()));
+        let store = Store::new(&dir);
+        let s = sample();
+        store.save(&s).unwrap();
+        let back = store.load("mybackup1").unwrap();
+        assert_eq!(back.raw_config, s.raw_config);
+        assert_eq!(back.config().unwrap().name, "mybackup1");
+        let leftovers: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains("tmp"))
+            .collect();
+        assert!(leftovers.is_empty());
+        assert_eq!(store.list().unwrap().len(), 1);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn corrupt_or_newer_state_is_refused_clearly() {
+        let dir = std::env::temp_dir().join(format!("qzb-state-bad-{}", std::process::id()));
+        let store = Store::new(&dir);
+        store.ensure_dir().unwrap();
+        fs::write(dir.join("a.json"), b"{ truncated").unwrap();
+        assert!(store.load("a").unwrap_err().to_string().contains("corrupt"));
+        fs::write(
+            dir.join("b.json"),
+            br#"{"format":"qubes-zfs-backup-state","version":99}"#,
+        )
+        .unwrap();
+        assert!(store.load("b").unwrap_err().to_string().contains("newer"));
+        fs::write(dir.join("c.json"), br#"{"hello":1}"#).unwrap();
+        assert!(store
+            .load("c")
+            .unwrap_err()
+            .to_string()
+            .contains("not a qubes-zfs-backup state file"));
+        assert!(store
+            .load("nope")
+            .unwrap_err()
+            .to_string()
+            .contains("no backup named 'nope'"));
+        assert!(store.load("../etc/passwd").is_err());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn second_lock_holder_is_refused() {
+        let dir = std::env::temp_dir().join(format!("qzb-state-lock-{}", std::process::id()));
+        let store = Store::new(&dir);
+        let first = store.lock("x").unwrap();
+        assert!(store.lock("x").unwrap_err().to_string().contains("in use"));
+        drop(first);
+        assert!(store.lock("x").is_ok());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
