@@ -150,10 +150,13 @@ struct Checked {
     warnings: Vec<Diagnostic>,
 }
 
+/// A config that failed its checks: what was parsed of it, its errors and warnings.
+type Rejected = (Option<Config>, Vec<Diagnostic>, Vec<Diagnostic>);
+
 fn check_config(
     runner: &dyn Runner,
     file: &PathBuf,
-) -> Result<std::result::Result<Checked, (Option<Config>, Vec<Diagnostic>, Vec<Diagnostic>)>> {
+) -> Result<std::result::Result<Checked, Rejected>> {
     let text = read_config(file)?;
     let (config, mut warnings) = match config::parse(&text) {
         Ok(ok) => ok,
