@@ -1,3 +1,19 @@
+//! Project tasks. `cargo xtask <task>`; see `cargo xtask help`.
 #![forbid(unsafe_code)]
 
-fn main() {}
+mod bench_plan;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("bench-plan") => bench_plan::run(),
+        _ => {
+            eprintln!("usage: cargo xtask <task>\n\ntasks:\n  bench-plan   check + planning on a synthetic 1,000-qube system (run with --release)");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("xtask: {e}");
+        std::process::exit(1);
+    }
+}
