@@ -197,46 +197,42 @@ pub fn xl(root: &Path, args: &[String]) -> i32 {
         Ok(q) => q,
         Err(e) => return fatal(e),
     };
-    let mut doms: Vec<(u32, serde_json::Value)> = Vec::new();
+    let mut doms: Vec<XlDomain> = Vec::new();
     for (name, vm) in &q.domains {
         if vm.state != "Running" && vm.state != "Paused" {
             continue;
         }
-        let domid = if name == "dom0" { 0 } else { vm.domid.unwrap_or_else(|| (state::stable_id(&["domid", name]) % 200 + 1) as u32) };
-        let xname = if name == "dom0" { "Domain-0" } else { name.as_str() };
-        let c_info = if name == "dom0" {
-            serde_json::json!({"type": "pv", "name": xname})
-        } else {
-            serde_json::json!({"type": "pvh", "name": xname, "run_hotplug_scripts": "True"})
-        };
-        let mut config = serde_json::Map::new();
-        config.insert("c_info".into(), c_info);
-        config.insert("b_info".into(), serde_json::json!({"max_vcpus": 2, "max_memkb": 4096000}));
-        if !vm.disks.is_empty() {
-            let disks: Vec<serde_json::Value> = vm
-                .disks
-                .iter()
-                .map(|d| {
-                    let mut m = serde_json::Map::new();
-                    m.insert("pdev_path".into(), d.pdev_path.clone().into());
-                    m.insert("vdev".into(), d.vdev.clone().into());
-                    m.insert("backend".into(), "phy".into());
-                    m.insert("format".into(), "raw".into());
-                    m.insert("script".into(), "/etc/xen/scripts/block".into());
-                    m.insert("removable".into(), 1.into());
-                    // libxl's JSON omits fields at their default (readwrite 0)
-                    if d.readwrite {
-                        m.insert("readwrite".into(), 1.into());
-                    }
-                    serde_json::Value::Object(m)
-                })
-                .collect();
-            config.insert("disks".into(), disks.into());
-        }
-        doms.push((domid, serde_json::json!({"domid": domid, "config": config})));
+        let dom0 = name == "dom0";
+        let domid =
+            if dom0 { 0 } else { vm.domid.unwrap_or_else(|| (state::stable_id(&["domid", name]) % 200 + 1) as u32) };
+        let disks = vm
+            .disks
+            .iter()
+            .map(|d| XlDiskOut {
+                pdev_path: d.pdev_path.clone(),
+                vdev: d.vdev.clone(),
+                backend: "phy",
+                format: "raw",
+                script: "/etc/xen/scripts/block",
+                removable: 1,
+                readwrite: if d.readwrite { Some(1) } else { None },
+            })
+            .collect();
+        doms.push(XlDomain {
+            domid,
+            config: XlConfig {
+                c_info: CInfo {
+                    kind: if dom0 { "pv" } else { "pvh" },
+                    name: if dom0 { "Domain-0".into() } else { name.clone() },
+                    run_hotplug_scripts: if dom0 { None } else { Some("True") },
+                },
+                b_info: BInfo { max_vcpus: 2, max_memkb: 4_096_000 },
+                disks,
+            },
+        });
     }
-    doms.sort_by_key(|d| d.0);
-    let arr = serde_json::Value::Array(doms.into_iter().map(|d| d.1).collect());
+    doms.sort_by_key(|d| d.domid);
+    let arr = doms;
     let mut buf = Vec::new();
     let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
     let mut ser = serde_json::Serializer::with_formatter(&mut buf, fmt);
@@ -431,4 +427,46 @@ fn relay(mut cmd: std::process::Command, agent: &Path, cut_to: Option<u64>, cut_
         Some(c) => c,
         None => 1,
     }
+}
+
+// `xl list -l` JSON, fields in libxl's order; libxl omits fields at their default value.
+#[derive(serde::Serialize)]
+struct XlDomain {
+    domid: u32,
+    config: XlConfig,
+}
+
+#[derive(serde::Serialize)]
+struct XlConfig {
+    c_info: CInfo,
+    b_info: BInfo,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    disks: Vec<XlDiskOut>,
+}
+
+#[derive(serde::Serialize)]
+struct CInfo {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    run_hotplug_scripts: Option<&'static str>,
+}
+
+#[derive(serde::Serialize)]
+struct BInfo {
+    max_vcpus: u32,
+    max_memkb: u64,
+}
+
+#[derive(serde::Serialize)]
+struct XlDiskOut {
+    pdev_path: String,
+    vdev: String,
+    backend: &'static str,
+    format: &'static str,
+    script: &'static str,
+    removable: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    readwrite: Option<u32>,
 }
