@@ -64,6 +64,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Create the target snapshots of qubes that are not running (re-run until none is deferred).
+    #[command(
+        after_help = "Each qube's (or dataset group's) snapshots are taken in one atomic `zfs snapshot` call per pool.\nA volume attached read-write to a running qube is never snapshotted: its qube is deferred.\n\nExample, to snapshot `work` with as little downtime as possible:\n  qvm-shutdown --wait work && qubes-zfs-backup snapshot mybackup1; qvm-start work"
+    )]
+    Snapshot { name: String },
     /// Estimate the size of every send (zfs send -n -v -P).
     #[command(after_help = "Example:\n  qubes-zfs-backup calc mybackup1")]
     Calc {
@@ -120,6 +125,7 @@ pub fn run(cli: &Cli, runner: &dyn Runner) -> Result<()> {
         Command::Check { file, json } => check(&store, runner, file, *json),
         Command::Import { file, replace } => import(&store, runner, file, *replace),
         Command::List { json } => list(&store, *json),
+        Command::Snapshot { name } => snapshot(&store, runner, name),
         Command::Calc { name, json } => calc(&store, runner, name, *json),
         Command::Status { name, json } => status(&store, name, *json),
     }
@@ -426,6 +432,111 @@ fn calc(store: &Store, runner: &dyn Runner, name: &str, json: bool) -> Result<()
     println!("Calculated size of {} objects", rows.len() - missing);
     print!("{}", report::calc_text(&rows, total));
     finished(warnings.len());
+    Ok(())
+}
+
+fn snapshot(store: &Store, runner: &dyn Runner, name: &str) -> Result<()> {
+    use crate::snapshot as snap;
+    let _lock = store.lock(name)?;
+    let mut state = store.load(name)?;
+    let config = state.config()?;
+    let inv = inventory::collect(runner)?;
+    refresh_snapshots(&mut state, &inv)?;
+    let targets: Vec<_> = state.targets.iter().map(|t| t.target.clone()).collect();
+    if !config.snapshot_creation {
+        store.save(&state)?;
+        print!("{}", report::snapshot_summary(&config, &targets));
+        for t in state
+            .targets
+            .iter()
+            .filter(|t| t.target.is_creatable() && t.snapshot_state == SnapshotState::Missing)
+        {
+            println!("missing: {}", t.target.snapshot);
+        }
+        return Ok(());
+    }
+    let xl = runner.run("xl", &["list", "-l"])?;
+    let mut holders =
+        snap::parse_xl_attachments(&String::from_utf8_lossy(&xl), &|p| snap::zvol_id(runner, p))
+            .map_err(|p| {
+                Error::Tool(inventory::ToolError {
+                    command: "xl list -l".into(),
+                    problem: format!("printed output we cannot read: {p}"),
+                })
+            })?;
+    snap::add_running_qubes(&mut holders, &inv);
+    let decision = snap::decide(&state.targets, &holders);
+    let mut failures = Vec::new();
+    for group in &decision.create {
+        let mut args = vec!["snapshot".to_owned()];
+        args.extend(group.snapshots.iter().map(ToString::to_string));
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        match runner.run("zfs", &argv) {
+            Ok(_) => {
+                for s in &group.snapshots {
+                    println!("snapshotted {s}");
+                }
+            }
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    // Read back what now exists, with the new snapshots' guids.
+    let after = Inventory {
+        zfs: inventory::collect_zfs(runner)?,
+        ..Default::default()
+    };
+    let created: std::collections::HashSet<_> = decision
+        .create
+        .iter()
+        .flat_map(|g| g.snapshots.iter())
+        .collect();
+    for t in &mut state.targets {
+        if let Some(s) = after.zfs.snapshot(&t.target.snapshot) {
+            if t.snapshot_state == SnapshotState::Missing {
+                t.snapshot_state = if created.contains(&t.target.snapshot) {
+                    SnapshotState::Created
+                } else {
+                    SnapshotState::Exists
+                };
+                t.target.guid = Some(s.guid);
+            }
+        }
+    }
+    store.save(&state)?;
+    let targets: Vec<_> = state.targets.iter().map(|t| t.target.clone()).collect();
+    print!("{}", report::snapshot_summary(&config, &targets));
+    let style = Style::for_stderr();
+    for (group, busy) in &decision.deferred {
+        let who: Vec<String> = busy
+            .iter()
+            .map(|(ds, h)| format!("{ds} is in use by {}", h.join(", ")))
+            .collect();
+        eprintln!(
+            "{}",
+            style.yellow(&format!(
+                "Deferred {} ({} snapshot(s)): {}.",
+                group.object,
+                group.snapshots.len(),
+                who.join("; ")
+            ))
+        );
+    }
+    if !decision.deferred.is_empty() {
+        eprintln!(
+            "{}",
+            style.yellow(&format!(
+                "{} deferred group(s). Shut the qubes down and re-run `snapshot {name}`.",
+                decision.deferred.len()
+            ))
+        );
+    }
+    if !failures.is_empty() {
+        return Err(Error::Tool(inventory::ToolError {
+            command: "zfs snapshot".into(),
+            problem: failures.join("; "),
+        }));
+    }
+    finished(decision.deferred.len());
     Ok(())
 }
 

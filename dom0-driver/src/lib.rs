@@ -10,5 +10,6 @@ pub mod names;
 pub mod output;
 pub mod plan;
 pub mod report;
+pub mod snapshot;
 pub mod state;
 pub mod yaml;
