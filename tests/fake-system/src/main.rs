@@ -15,7 +15,13 @@ mod zfs;
 use std::io::Write;
 use std::path::Path;
 
-pub const TOOLS: [&str; 5] = ["zfs", "qubesd-query", "xl", "qrexec-client", "qrexec-policy-exec"];
+pub const TOOLS: [&str; 5] = [
+    "zfs",
+    "qubesd-query",
+    "xl",
+    "qrexec-client",
+    "qrexec-policy-exec",
+];
 
 fn log_call(root: &Path, host: &str, tool: &str, args: &[String]) {
     let mut argv = vec![tool.to_string()];
@@ -25,7 +31,11 @@ fn log_call(root: &Path, host: &str, tool: &str, args: &[String]) {
         line["cwd"] = cwd.to_string_lossy().into_owned().into();
     }
     let text = format!("{line}\n");
-    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(root.join("calls.log")) {
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(root.join("calls.log"))
+    {
         let _ = f.write_all(text.as_bytes());
     }
 }
@@ -103,10 +113,17 @@ fn admin(args: &[String]) -> i32 {
 }
 
 fn main() {
-    let argv: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
+    let argv: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     let tool = argv
         .first()
-        .map(|a| Path::new(a).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default())
+        .map(|a| {
+            Path::new(a)
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
         .unwrap_or_default();
     let args = if argv.is_empty() { &[][..] } else { &argv[1..] };
     if !TOOLS.contains(&tool.as_str()) {
@@ -117,7 +134,10 @@ fn main() {
         Err(e) => std::process::exit(zfs::fatal(e)),
     };
     let host = if tool == "zfs" {
-        std::env::var("QZB_FAKE_HOST").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "dom0".into())
+        std::env::var("QZB_FAKE_HOST")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "dom0".into())
     } else {
         "dom0".to_string()
     };

@@ -24,7 +24,10 @@ impl Parsed {
 /// `with_arg`: option letters taking an argument; `no_arg`: plain flags.
 /// Any other letter is an error (the caller reports it as unsupported).
 pub fn getopt(args: &[String], with_arg: &str, no_arg: &str) -> Result<Parsed, String> {
-    let mut p = Parsed { flags: Vec::new(), operands: Vec::new() };
+    let mut p = Parsed {
+        flags: Vec::new(),
+        operands: Vec::new(),
+    };
     let mut i = 0;
     while i < args.len() {
         let a = &args[i];
@@ -43,7 +46,9 @@ pub fn getopt(args: &[String], with_arg: &str, no_arg: &str) -> Result<Parsed, S
                         rest
                     } else {
                         i += 1;
-                        args.get(i).cloned().ok_or_else(|| format!("option -{c} needs an argument"))?
+                        args.get(i)
+                            .cloned()
+                            .ok_or_else(|| format!("option -{c} needs an argument"))?
                     };
                     p.flags.push((c, Some(v)));
                     break;

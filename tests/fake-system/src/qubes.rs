@@ -33,7 +33,10 @@ enum Reply {
 
 fn admin_call(q: &Qubes, method: &str, dest: &str, arg: &str) -> Option<Reply> {
     let Some(vm) = q.domains.get(dest) else {
-        return Some(Reply::Exc("QubesVMNotFoundError", format!("No such domain: '{dest}'")));
+        return Some(Reply::Exc(
+            "QubesVMNotFoundError",
+            format!("No such domain: '{dest}'"),
+        ));
     };
     let denied = || Reply::Exc("PermissionDenied", String::new());
     Some(match method {
@@ -42,8 +45,11 @@ fn admin_call(q: &Qubes, method: &str, dest: &str, arg: &str) -> Option<Reply> {
                 return Some(denied());
             }
             let mut s = String::new();
-            let list: Vec<(&String, &Qube)> =
-                if dest == "dom0" { q.domains.iter().collect() } else { vec![(q.domains.get_key_value(dest)?)] };
+            let list: Vec<(&String, &Qube)> = if dest == "dom0" {
+                q.domains.iter().collect()
+            } else {
+                vec![(q.domains.get_key_value(dest)?)]
+            };
             for (name, v) in list {
                 s.push_str(&format!("{name} class={} state={}", v.class, v.state));
                 if q.release != "4.2" {
@@ -72,12 +78,34 @@ fn admin_call(q: &Qubes, method: &str, dest: &str, arg: &str) -> Option<Reply> {
             Reply::Ok(vm.volumes.iter().map(|v| format!("{}\n", v.name)).collect())
         }
         "admin.vm.volume.Info" => {
-            let Some(v) = vm.volumes.iter().find(|v| v.name == arg) else { return Some(denied()) };
-            let zfs_pool = q.pools.get(&v.pool).and_then(|p| p.config.get("driver")).is_some_and(|d| d == "zfs");
-            let path = v.path.clone().unwrap_or_else(|| if zfs_pool { format!("/dev/zvol/{}", v.vid) } else { String::new() });
+            let Some(v) = vm.volumes.iter().find(|v| v.name == arg) else {
+                return Some(denied());
+            };
+            let zfs_pool = q
+                .pools
+                .get(&v.pool)
+                .and_then(|p| p.config.get("driver"))
+                .is_some_and(|d| d == "zfs");
+            let path = v.path.clone().unwrap_or_else(|| {
+                if zfs_pool {
+                    format!("/dev/zvol/{}", v.vid)
+                } else {
+                    String::new()
+                }
+            });
             let mut s = String::new();
-            s.push_str(&format!("pool={}\nvid={}\nsize={}\nusage={}\nrw={}\n", v.pool, v.vid, v.size, v.usage, py_bool(v.rw)));
-            s.push_str(&format!("source={}\npath={path}\n", v.source.clone().unwrap_or_default()));
+            s.push_str(&format!(
+                "pool={}\nvid={}\nsize={}\nusage={}\nrw={}\n",
+                v.pool,
+                v.vid,
+                v.size,
+                v.usage,
+                py_bool(v.rw)
+            ));
+            s.push_str(&format!(
+                "source={}\npath={path}\n",
+                v.source.clone().unwrap_or_default()
+            ));
             s.push_str(&format!(
                 "save_on_stop={}\nsnap_on_start={}\nrevisions_to_keep={}\nephemeral={}\n",
                 py_bool(v.save_on_stop),
@@ -85,7 +113,10 @@ fn admin_call(q: &Qubes, method: &str, dest: &str, arg: &str) -> Option<Reply> {
                 v.revisions_to_keep,
                 py_bool(v.ephemeral)
             ));
-            s.push_str(&format!("is_outdated={}\n", py_bool(v.is_outdated.unwrap_or(false))));
+            s.push_str(&format!(
+                "is_outdated={}\n",
+                py_bool(v.is_outdated.unwrap_or(false))
+            ));
             Reply::Ok(s)
         }
         "admin.pool.List" => {
@@ -98,7 +129,9 @@ fn admin_call(q: &Qubes, method: &str, dest: &str, arg: &str) -> Option<Reply> {
             if dest != "dom0" {
                 return Some(denied());
             }
-            let Some(p) = q.pools.get(arg) else { return Some(denied()) };
+            let Some(p) = q.pools.get(arg) else {
+                return Some(denied());
+            };
             let mut cfg = p.config.clone();
             cfg.entry("name".into()).or_insert_with(|| arg.to_string());
             let mut s: String = cfg.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
@@ -116,10 +149,17 @@ fn admin_call(q: &Qubes, method: &str, dest: &str, arg: &str) -> Option<Reply> {
             }
             match vm.properties.get(arg) {
                 Some(v) => {
-                    let ty = if ["template", "netvm", "default_dispvm"].contains(&arg) { "vm" } else { "str" };
+                    let ty = if ["template", "netvm", "default_dispvm"].contains(&arg) {
+                        "vm"
+                    } else {
+                        "str"
+                    };
                     Reply::Ok(format!("default=False type={ty} {v}"))
                 }
-                None => Reply::Exc("QubesNoSuchPropertyError", format!("Invalid property '{arg}' of {dest}")),
+                None => Reply::Exc(
+                    "QubesNoSuchPropertyError",
+                    format!("Invalid property '{arg}' of {dest}"),
+                ),
             }
         }
         _ => return None,
@@ -127,7 +167,9 @@ fn admin_call(q: &Qubes, method: &str, dest: &str, arg: &str) -> Option<Reply> {
 }
 
 pub fn qubesd_query(root: &Path, args: &[String]) -> i32 {
-    let all: Vec<String> = std::iter::once("qubesd-query".to_string()).chain(args.iter().cloned()).collect();
+    let all: Vec<String> = std::iter::once("qubesd-query".to_string())
+        .chain(args.iter().cloned())
+        .collect();
     let mut empty = false;
     let mut fail = false;
     let mut null = false;
@@ -189,7 +231,9 @@ pub fn qubesd_query(root: &Path, args: &[String]) -> i32 {
 }
 
 pub fn xl(root: &Path, args: &[String]) -> i32 {
-    let all: Vec<String> = std::iter::once("xl".to_string()).chain(args.iter().cloned()).collect();
+    let all: Vec<String> = std::iter::once("xl".to_string())
+        .chain(args.iter().cloned())
+        .collect();
     if args != ["list", "-l"] && args != ["list", "--long"] {
         return unsupported("xl", &all);
     }
@@ -203,8 +247,12 @@ pub fn xl(root: &Path, args: &[String]) -> i32 {
             continue;
         }
         let dom0 = name == "dom0";
-        let domid =
-            if dom0 { 0 } else { vm.domid.unwrap_or_else(|| (state::stable_id(&["domid", name]) % 200 + 1) as u32) };
+        let domid = if dom0 {
+            0
+        } else {
+            vm.domid
+                .unwrap_or_else(|| (state::stable_id(&["domid", name]) % 200 + 1) as u32)
+        };
         let disks = vm
             .disks
             .iter()
@@ -223,10 +271,17 @@ pub fn xl(root: &Path, args: &[String]) -> i32 {
             config: XlConfig {
                 c_info: CInfo {
                     kind: if dom0 { "pv" } else { "pvh" },
-                    name: if dom0 { "Domain-0".into() } else { name.clone() },
+                    name: if dom0 {
+                        "Domain-0".into()
+                    } else {
+                        name.clone()
+                    },
                     run_hotplug_scripts: if dom0 { None } else { Some("True") },
                 },
-                b_info: BInfo { max_vcpus: 2, max_memkb: 4_096_000 },
+                b_info: BInfo {
+                    max_vcpus: 2,
+                    max_memkb: 4_096_000,
+                },
                 disks,
             },
         });
@@ -245,7 +300,9 @@ pub fn xl(root: &Path, args: &[String]) -> i32 {
 }
 
 pub fn qrexec_policy_exec(root: &Path, args: &[String]) -> i32 {
-    let all: Vec<String> = std::iter::once("qrexec-policy-exec".to_string()).chain(args.iter().cloned()).collect();
+    let all: Vec<String> = std::iter::once("qrexec-policy-exec".to_string())
+        .chain(args.iter().cloned())
+        .collect();
     let mut just = false;
     let mut assume_yes = false;
     let mut pos = Vec::new();
@@ -279,13 +336,21 @@ pub fn qrexec_policy_exec(root: &Path, args: &[String]) -> i32 {
 
 pub fn qrexec_client(root: &Path, args: &[String]) -> i32 {
     use std::os::unix::process::CommandExt;
-    let all: Vec<String> = std::iter::once("qrexec-client".to_string()).chain(args.iter().cloned()).collect();
-    let Ok(p) = getopt(args, "d", "") else { return unsupported("qrexec-client", &all) };
+    let all: Vec<String> = std::iter::once("qrexec-client".to_string())
+        .chain(args.iter().cloned())
+        .collect();
+    let Ok(p) = getopt(args, "d", "") else {
+        return unsupported("qrexec-client", &all);
+    };
     let (Some(target), [cmd]) = (p.last('d'), p.operands.as_slice()) else {
         return unsupported("qrexec-client", &all);
     };
-    let Some((user, rest)) = cmd.split_once(':') else { return unsupported("qrexec-client", &all) };
-    let Some(rpc) = rest.strip_prefix("QUBESRPC ") else { return unsupported("qrexec-client", &all) };
+    let Some((user, rest)) = cmd.split_once(':') else {
+        return unsupported("qrexec-client", &all);
+    };
+    let Some(rpc) = rest.strip_prefix("QUBESRPC ") else {
+        return unsupported("qrexec-client", &all);
+    };
     let mut words = rpc.split(' ');
     let (Some(svc), Some(source), None) = (words.next(), words.next(), words.next()) else {
         return unsupported("qrexec-client", &all);
@@ -331,11 +396,18 @@ pub fn qrexec_client(root: &Path, args: &[String]) -> i32 {
     if let Some(a) = svc_arg {
         cmd.env("QREXEC_SERVICE_ARGUMENT", a);
     }
-    let cut_to = std::env::var("QZB_FAKE_QREXEC_CUT_TO_SERVICE").ok().and_then(|v| v.parse::<u64>().ok());
-    let cut_from = std::env::var("QZB_FAKE_QREXEC_CUT_FROM_SERVICE").ok().and_then(|v| v.parse::<u64>().ok());
+    let cut_to = std::env::var("QZB_FAKE_QREXEC_CUT_TO_SERVICE")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok());
+    let cut_from = std::env::var("QZB_FAKE_QREXEC_CUT_FROM_SERVICE")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok());
     if cut_to.is_none() && cut_from.is_none() {
         let e = cmd.exec();
-        eprintln!("qzb-fake qrexec-client: cannot exec {}: {e}", agent.display());
+        eprintln!(
+            "qzb-fake qrexec-client: cannot exec {}: {e}",
+            agent.display()
+        );
         return 127;
     }
     relay(cmd, &agent, cut_to, cut_from)
@@ -343,14 +415,22 @@ pub fn qrexec_client(root: &Path, args: &[String]) -> i32 {
 
 /// Relay through threads so the pipe can be cut after N bytes (fault injection).
 /// When either direction is cut the connection is severed both ways, like a dead vchan.
-fn relay(mut cmd: std::process::Command, agent: &Path, cut_to: Option<u64>, cut_from: Option<u64>) -> i32 {
+fn relay(
+    mut cmd: std::process::Command,
+    agent: &Path,
+    cut_to: Option<u64>,
+    cut_from: Option<u64>,
+) -> i32 {
     use std::process::Stdio;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     let mut child = match cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("qzb-fake qrexec-client: cannot run {}: {e}", agent.display());
+            eprintln!(
+                "qzb-fake qrexec-client: cannot run {}: {e}",
+                agent.display()
+            );
             return 127;
         }
     };
@@ -423,10 +503,7 @@ fn relay(mut cmd: std::process::Command, agent: &Path, cut_to: Option<u64>, cut_
     }
     let status = child.wait();
     let _ = t.join();
-    match status.ok().and_then(|s| s.code()) {
-        Some(c) => c,
-        None => 1,
-    }
+    status.ok().and_then(|s| s.code()).unwrap_or(1)
 }
 
 // `xl list -l` JSON, fields in libxl's order; libxl omits fields at their default value.

@@ -22,7 +22,11 @@ fn fault_applies(prefix: &str, subject: &str) -> bool {
     }
     if let Ok(once) = std::env::var("QZB_FAKE_FAULT_ONCE") {
         if !once.is_empty() {
-            return std::fs::OpenOptions::new().write(true).create_new(true).open(once).is_ok();
+            return std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(once)
+                .is_ok();
         }
     }
     true
@@ -54,8 +58,12 @@ fn snap_by_guid(z: &Zfs, host: &str, guid: u64) -> Option<String> {
 
 /// Is `from` a valid incremental source for `to` (same dataset and earlier, or in the origin chain)?
 fn valid_source(z: &Zfs, from: &str, to: &str) -> bool {
-    let (Some((fd, _)), Some((td, _))) = (split_snap(from), split_snap(to)) else { return false };
-    let (Some((_, fs)), Some((_, ts))) = (find_snap(z, from), find_snap(z, to)) else { return false };
+    let (Some((fd, _)), Some((td, _))) = (split_snap(from), split_snap(to)) else {
+        return false;
+    };
+    let (Some((_, fs)), Some((_, ts))) = (find_snap(z, from), find_snap(z, to)) else {
+        return false;
+    };
     if fd == td {
         return fs.createtxg < ts.createtxg;
     }
@@ -73,7 +81,12 @@ fn valid_source(z: &Zfs, from: &str, to: &str) -> bool {
     false
 }
 
-fn plan_send(z: &Zfs, host: &str, p: &crate::opts::Parsed, flags: &str) -> Result<Result<Plan, String>, Unsupported> {
+fn plan_send(
+    z: &Zfs,
+    host: &str,
+    p: &crate::opts::Parsed,
+    flags: &str,
+) -> Result<Result<Plan, String>, Unsupported> {
     if let Some(tok) = p.last('t') {
         if !p.operands.is_empty() || p.has('i') || p.has('I') {
             return Err(Unsupported);
@@ -82,15 +95,20 @@ fn plan_send(z: &Zfs, host: &str, p: &crate::opts::Parsed, flags: &str) -> Resul
             Ok(n) => n,
             Err(e) => return Ok(Err(format!("cannot resume send: {e}"))),
         };
-        let (Some(toname), Some(toguid), Some(offset)) =
-            (token::get_str(&nvl, "toname"), token::get_u64(&nvl, "toguid"), token::get_u64(&nvl, "offset"))
-        else {
+        let (Some(toname), Some(toguid), Some(offset)) = (
+            token::get_str(&nvl, "toname"),
+            token::get_u64(&nvl, "toguid"),
+            token::get_u64(&nvl, "offset"),
+        ) else {
             return Ok(Err("cannot resume send: resume token is corrupt".into()));
         };
         let fromguid = token::get_u64(&nvl, "fromguid").unwrap_or(0);
         let (tod, _) = split_snap(toname).unwrap_or((toname, ""));
         let found = z.datasets.get(tod).and_then(|d| {
-            d.snapshots.iter().find(|s| s.guid_for(host, &format!("{tod}@{}", s.name)) == toguid).map(|s| (d, s))
+            d.snapshots
+                .iter()
+                .find(|s| s.guid_for(host, &format!("{tod}@{}", s.name)) == toguid)
+                .map(|s| (d, s))
         });
         let Some((d, s)) = found else {
             let exists = find_snap(z, toname).is_some();
@@ -104,22 +122,37 @@ fn plan_send(z: &Zfs, host: &str, p: &crate::opts::Parsed, flags: &str) -> Resul
         let from = if fromguid != 0 {
             match snap_by_guid(z, host, fromguid) {
                 Some(f) => Some(f),
-                None => return Ok(Err(format!("cannot resume send: incremental source {fromguid:#x} no longer exists"))),
+                None => {
+                    return Ok(Err(format!(
+                        "cannot resume send: incremental source {fromguid:#x} no longer exists"
+                    )))
+                }
             }
         } else {
             None
         };
-        let total = if from.is_some() { s.incremental_size() } else { s.full_size() };
+        let total = if from.is_some() {
+            s.incremental_size()
+        } else {
+            s.full_size()
+        };
         if offset > total {
             return Ok(Err("cannot resume send: resume token is corrupt".into()));
         }
         let mut tflags = String::new();
-        for (c, k) in [('L', "largeblockok"), ('e', "embedok"), ('c', "compressok"), ('w', "rawok")] {
+        for (c, k) in [
+            ('L', "largeblockok"),
+            ('e', "embedok"),
+            ('c', "compressok"),
+            ('w', "rawok"),
+        ] {
             if token::has(&nvl, k) || flags.contains(c) {
                 tflags.push(c);
             }
         }
-        let clone = from.as_ref().is_some_and(|f| split_snap(f).map(|x| x.0) != Some(tod));
+        let clone = from
+            .as_ref()
+            .is_some_and(|f| split_snap(f).map(|x| x.0) != Some(tod));
         let h = Header {
             toname: to.clone(),
             toguid,
@@ -131,18 +164,30 @@ fn plan_send(z: &Zfs, host: &str, p: &crate::opts::Parsed, flags: &str) -> Resul
             total,
             flags: tflags,
         };
-        return Ok(Ok(Plan { streams: vec![(from, h)], package: false, resume_nvl: Some(nvl) }));
+        return Ok(Ok(Plan {
+            streams: vec![(from, h)],
+            package: false,
+            resume_nvl: Some(nvl),
+        }));
     }
     if p.operands.len() != 1 || (p.has('i') && p.has('I')) {
         return Err(Unsupported);
     }
     let to = p.operands[0].clone();
-    let Some((tod, _)) = split_snap(&to) else { return Err(Unsupported) };
+    let Some((tod, _)) = split_snap(&to) else {
+        return Err(Unsupported);
+    };
     let Some((d, ts)) = find_snap(z, &to) else {
         return Ok(Err(format!("cannot open '{to}': dataset does not exist")));
     };
     let toguid = ts.guid_for(host, &to);
-    let expand = |f: String| if f.starts_with('@') { format!("{tod}{f}") } else { f };
+    let expand = |f: String| {
+        if f.starts_with('@') {
+            format!("{tod}{f}")
+        } else {
+            f
+        }
+    };
     let mk = |from: Option<&str>, snapname: &str, s: &Snapshot| {
         let full = format!("{tod}@{snapname}");
         let fromguid = from.and_then(|f| snap_guid(z, host, f)).unwrap_or(0);
@@ -155,7 +200,11 @@ fn plan_send(z: &Zfs, host: &str, p: &crate::opts::Parsed, flags: &str) -> Resul
             clone,
             resume: false,
             offset: 0,
-            total: if from.is_some() { s.incremental_size() } else { s.full_size() },
+            total: if from.is_some() {
+                s.incremental_size()
+            } else {
+                s.full_size()
+            },
             flags: flags.to_string(),
         }
     };
@@ -168,15 +217,23 @@ fn plan_send(z: &Zfs, host: &str, p: &crate::opts::Parsed, flags: &str) -> Resul
             return Ok(Err(format!("cannot open '{f}': dataset does not exist")));
         }
         if !valid_source(z, &f, &to) {
-            return Ok(Err(format!("warning: cannot send '{to}': not an earlier snapshot from the same fs")));
+            return Ok(Err(format!(
+                "warning: cannot send '{to}': not an earlier snapshot from the same fs"
+            )));
         }
         let mut h = mk(Some(&f), &ts.name, ts);
         h.toguid = toguid;
-        return Ok(Ok(Plan { streams: vec![(Some(f), h)], package: false, resume_nvl: None }));
+        return Ok(Ok(Plan {
+            streams: vec![(Some(f), h)],
+            package: false,
+            resume_nvl: None,
+        }));
     }
     if let Some(f) = p.last('I') {
         let f = expand(f);
-        let Some((fd, fshort)) = split_snap(&f) else { return Err(Unsupported) };
+        let Some((fd, fshort)) = split_snap(&f) else {
+            return Err(Unsupported);
+        };
         if fd != tod {
             return Err(Unsupported); // -I from a clone origin is not modelled
         }
@@ -190,14 +247,26 @@ fn plan_send(z: &Zfs, host: &str, p: &crate::opts::Parsed, flags: &str) -> Resul
         }
         let mut streams = Vec::new();
         let mut prev = fshort.to_string();
-        for s in d.snapshots.iter().filter(|s| s.createtxg > fs.createtxg && s.createtxg <= ts.createtxg) {
+        for s in d
+            .snapshots
+            .iter()
+            .filter(|s| s.createtxg > fs.createtxg && s.createtxg <= ts.createtxg)
+        {
             let from_full = format!("{tod}@{prev}");
             streams.push((Some(prev.clone()), mk(Some(&from_full), &s.name, s)));
             prev = s.name.clone();
         }
-        return Ok(Ok(Plan { streams, package: true, resume_nvl: None }));
+        return Ok(Ok(Plan {
+            streams,
+            package: true,
+            resume_nvl: None,
+        }));
     }
-    Ok(Ok(Plan { streams: vec![(None, mk(None, &ts.name, ts))], package: false, resume_nvl: None }))
+    Ok(Ok(Plan {
+        streams: vec![(None, mk(None, &ts.name, ts))],
+        package: false,
+        resume_nvl: None,
+    }))
 }
 
 pub fn send(root: &Path, host: &str, args: &[String]) -> Res {
@@ -239,12 +308,17 @@ pub fn send(root: &Path, host: &str, args: &[String]) -> Res {
                 }
             } else {
                 match from {
-                    Some(f) if f.contains('@') => text.push_str(&format!("send from {f} to {}", h.toname)),
+                    Some(f) if f.contains('@') => {
+                        text.push_str(&format!("send from {f} to {}", h.toname))
+                    }
                     Some(f) => text.push_str(&format!("send from @{f} to {}", h.toname)),
                     None => text.push_str(&format!("full send of {}", h.toname)),
                 }
                 if size != 0 {
-                    text.push_str(&format!(" estimated size is {}", nicenum(size).trim_end_matches('B')));
+                    text.push_str(&format!(
+                        " estimated size is {}",
+                        nicenum(size).trim_end_matches('B')
+                    ));
                 }
                 text.push('\n');
             }
@@ -252,7 +326,10 @@ pub fn send(root: &Path, host: &str, args: &[String]) -> Res {
         if parsable {
             text.push_str(&format!("size\t{total}\n"));
         } else {
-            text.push_str(&format!("total estimated size is {}\n", nicenum(total).trim_end_matches('B')));
+            text.push_str(&format!(
+                "total estimated size is {}\n",
+                nicenum(total).trim_end_matches('B')
+            ));
         }
         if dry {
             print!("{text}");
@@ -263,13 +340,21 @@ pub fn send(root: &Path, host: &str, args: &[String]) -> Res {
     if dry {
         return Ok(0);
     }
-    let to_name = plan.streams.last().map(|(_, h)| h.toname.clone()).unwrap_or_default();
+    let to_name = plan
+        .streams
+        .last()
+        .map(|(_, h)| h.toname.clone())
+        .unwrap_or_default();
     let stdout = std::io::stdout();
     if stdout.is_terminal() {
-        eprintln!("Error: Stream can not be written to a terminal.\nYou must redirect standard output.");
+        eprintln!(
+            "Error: Stream can not be written to a terminal.\nYou must redirect standard output."
+        );
         return Ok(1);
     }
-    if std::env::var("QZB_FAKE_SEND_FAIL").is_ok_and(|v| !v.is_empty()) && fault_applies("SEND", &to_name) {
+    if std::env::var("QZB_FAKE_SEND_FAIL").is_ok_and(|v| !v.is_empty())
+        && fault_applies("SEND", &to_name)
+    {
         eprintln!("warning: cannot send '{to_name}': Input/output error");
         return Ok(1);
     }
@@ -292,7 +377,11 @@ pub fn send(root: &Path, host: &str, args: &[String]) -> Res {
         for (_, h) in &plan.streams {
             if !stream::write_budgeted(&mut out, h.line().as_bytes(), &mut budget)?
                 || !stream::write_content(&mut out, h, &mut budget, delay)?
-                || !stream::write_budgeted(&mut out, stream::end_line(h.toguid).as_bytes(), &mut budget)?
+                || !stream::write_budgeted(
+                    &mut out,
+                    stream::end_line(h.toguid).as_bytes(),
+                    &mut budget,
+                )?
             {
                 return Ok(false);
             }
@@ -342,8 +431,13 @@ struct Check {
 
 fn check(z: &Zfs, host: &str, h: &Header, dest_arg: &str, o: &RecvOpts) -> Result<Check, String> {
     let (_, snapname) = split_snap(&h.toname).ok_or("cannot receive: invalid stream")?;
-    let destsnap = if dest_arg.contains('@') { dest_arg.to_string() } else { format!("{dest_arg}@{snapname}") };
-    let (d, dsnap) = split_snap(&destsnap).ok_or_else(|| format!("cannot receive: invalid name '{destsnap}'"))?;
+    let destsnap = if dest_arg.contains('@') {
+        dest_arg.to_string()
+    } else {
+        format!("{dest_arg}@{snapname}")
+    };
+    let (d, dsnap) = split_snap(&destsnap)
+        .ok_or_else(|| format!("cannot receive: invalid name '{destsnap}'"))?;
     let d = d.to_string();
     let resuming = h.resume;
     let newish = h.fromguid == 0 || h.clone || o.origin.is_some();
@@ -363,7 +457,11 @@ fn check(z: &Zfs, host: &str, h: &Header, dest_arg: &str, o: &RecvOpts) -> Resul
     } else if h.clone {
         match snap_by_guid(z, host, h.fromguid) {
             Some(f) => origin = Some(f),
-            None => return Err(format!("cannot receive: local origin for clone {destsnap} does not exist")),
+            None => {
+                return Err(format!(
+                    "cannot receive: local origin for clone {destsnap} does not exist"
+                ))
+            }
         }
     }
     let errbuf = if wants_newfs {
@@ -373,11 +471,21 @@ fn check(z: &Zfs, host: &str, h: &Header, dest_arg: &str, o: &RecvOpts) -> Resul
     } else {
         "cannot receive incremental stream"
     };
-    let mut c = Check { destsnap: destsnap.clone(), d: d.clone(), newfs: false, origin, errbuf, skip: false, keep_snaps: None };
+    let mut c = Check {
+        destsnap: destsnap.clone(),
+        d: d.clone(),
+        newfs: false,
+        origin,
+        errbuf,
+        skip: false,
+        keep_snaps: None,
+    };
     if let Some(ds) = z.datasets.get(&d) {
         if wants_newfs {
             if !o.force {
-                return Err(format!("{errbuf}: destination '{d}' exists\nmust specify -F to overwrite it"));
+                return Err(format!(
+                    "{errbuf}: destination '{d}' exists\nmust specify -F to overwrite it"
+                ));
             }
             if let Some(s) = ds.snapshots.first() {
                 return Err(format!(
@@ -390,11 +498,15 @@ fn check(z: &Zfs, host: &str, h: &Header, dest_arg: &str, o: &RecvOpts) -> Resul
             return Err(format!("{errbuf}: Resuming recv on existing destination '{d}'\nmust specify -F to overwrite it"));
         }
         if wants_newfs && ds.origin.is_some() {
-            return Err(format!("{errbuf}: destination '{d}' is a clone\nmust destroy it to overwrite it"));
+            return Err(format!(
+                "{errbuf}: destination '{d}' is a clone\nmust destroy it to overwrite it"
+            ));
         }
         if resuming {
             match &ds.partial {
-                Some(p) if p.toguid == h.toguid && p.fromguid == h.fromguid && p.bytes == h.offset => {
+                Some(p)
+                    if p.toguid == h.toguid && p.fromguid == h.fromguid && p.bytes == h.offset =>
+                {
                     c.newfs = ds.inconsistent;
                     if c.origin.is_none() {
                         c.origin = p.origin.clone();
@@ -414,23 +526,34 @@ fn check(z: &Zfs, host: &str, h: &Header, dest_arg: &str, o: &RecvOpts) -> Resul
             c.newfs = true;
         } else {
             let existing = ds.snapshots.iter().find(|s| s.name == dsnap);
-            let same_guid = ds.snapshots.iter().any(|s| s.guid_for(host, &format!("{d}@{}", s.name)) == h.toguid);
+            let same_guid = ds
+                .snapshots
+                .iter()
+                .any(|s| s.guid_for(host, &format!("{d}@{}", s.name)) == h.toguid);
             if same_guid {
                 c.skip = true;
                 return Ok(c);
             }
             if existing.is_some() {
-                return Err(format!("cannot restore to {destsnap}: destination already exists"));
+                return Err(format!(
+                    "cannot restore to {destsnap}: destination already exists"
+                ));
             }
-            let base =
-                ds.snapshots.iter().position(|s| s.guid_for(host, &format!("{d}@{}", s.name)) == h.fromguid);
+            let base = ds
+                .snapshots
+                .iter()
+                .position(|s| s.guid_for(host, &format!("{d}@{}", s.name)) == h.fromguid);
             let Some(base) = base else {
-                return Err(format!("{errbuf}: most recent snapshot of {d} does not\nmatch incremental source"));
+                return Err(format!(
+                    "{errbuf}: most recent snapshot of {d} does not\nmatch incremental source"
+                ));
             };
             if o.force {
                 c.keep_snaps = Some(base + 1);
             } else if base + 1 != ds.snapshots.len() || ds.modified {
-                return Err(format!("{errbuf}: destination {d} has been modified\nsince most recent snapshot"));
+                return Err(format!(
+                    "{errbuf}: destination {d} has been modified\nsince most recent snapshot"
+                ));
             }
         }
     } else {
@@ -462,7 +585,11 @@ enum Outcome {
     Truncated(u64),
 }
 
-fn read_content(input: &mut impl Read, h: &Header, die_after: &mut Option<u64>) -> std::io::Result<Outcome> {
+fn read_content(
+    input: &mut impl Read,
+    h: &Header,
+    die_after: &mut Option<u64>,
+) -> std::io::Result<Outcome> {
     let mut expected = stream::Content::new(h.toguid, h.fromguid, h.offset);
     let mut pos = h.offset;
     let mut buf = vec![0u8; 65536];
@@ -504,11 +631,21 @@ fn commit(z: &mut Zfs, host: &str, h: &Header, c: &Check, o: &RecvOpts) {
         .as_deref()
         .and_then(|o| find_snap(z, o))
         .map(|(_, s)| s.full_size())
-        .or_else(|| z.datasets.get(&c.d).and_then(|d| d.snapshots.last()).map(|s| s.full_size()));
+        .or_else(|| {
+            z.datasets
+                .get(&c.d)
+                .and_then(|d| d.snapshots.last())
+                .map(|s| s.full_size())
+        });
     let ds = z.datasets.entry(c.d.clone()).or_insert_with(|| Dataset {
         kind: h.kind,
         createtxg: txg,
-        guid: Some(state::stable_id(&["received dataset", host, &c.d, &txg.to_string()])),
+        guid: Some(state::stable_id(&[
+            "received dataset",
+            host,
+            &c.d,
+            &txg.to_string(),
+        ])),
         ..Default::default()
     });
     if c.newfs && !ds.inconsistent && ds.partial.is_none() && ds.snapshots.is_empty() {
@@ -532,7 +669,11 @@ fn commit(z: &mut Zfs, host: &str, h: &Header, c: &Check, o: &RecvOpts) {
         name: snapname.to_string(),
         createtxg: txg,
         guid: Some(h.toguid),
-        size: Some(if full_stream { h.total } else { base_size.unwrap_or(state::DEFAULT_SNAP_SIZE) }),
+        size: Some(if full_stream {
+            h.total
+        } else {
+            base_size.unwrap_or(state::DEFAULT_SNAP_SIZE)
+        }),
         incr_size: if full_stream { None } else { Some(h.total) },
         used: None,
         creation: None,
@@ -550,7 +691,13 @@ fn save_partial(z: &mut Zfs, h: &Header, c: &Check, bytes: u64) -> String {
         let txg = z.last_txg;
         z.datasets.insert(
             c.d.clone(),
-            Dataset { kind: h.kind, createtxg: txg, inconsistent: true, origin: c.origin.clone(), ..Default::default() },
+            Dataset {
+                kind: h.kind,
+                createtxg: txg,
+                inconsistent: true,
+                origin: c.origin.clone(),
+                ..Default::default()
+            },
         );
     }
     let ds = z.datasets.get_mut(&c.d).expect("just ensured");
@@ -586,7 +733,9 @@ pub fn receive(root: &Path, host: &str, args: &[String]) -> Res {
                 return Ok(Err(format!("cannot open '{dest}': dataset does not exist")));
             };
             if ds.partial.is_none() {
-                return Ok(Err(format!("'{dest}' does not have any resumable receive state to abort")));
+                return Ok(Err(format!(
+                    "'{dest}' does not have any resumable receive state to abort"
+                )));
             }
             if ds.inconsistent {
                 z.datasets.remove(&dest);
@@ -604,7 +753,12 @@ pub fn receive(root: &Path, host: &str, args: &[String]) -> Res {
             Err(e) => fatal(e),
         });
     }
-    let mut o = RecvOpts { resumable: p.has('s'), force: p.has('F'), origin: None, props: Vec::new() };
+    let mut o = RecvOpts {
+        resumable: p.has('s'),
+        force: p.has('F'),
+        origin: None,
+        props: Vec::new(),
+    };
     for kv in p.values('o') {
         let (k, v) = kv.split_once('=').ok_or(Unsupported)?;
         if k == "origin" {
@@ -687,7 +841,10 @@ pub fn receive(root: &Path, host: &str, args: &[String]) -> Res {
                 }
                 Outcome::Truncated(bytes) => {
                     if !resumable {
-                        return Ok(Err(format!("{}: checksum mismatch or incomplete stream", c2.errbuf)));
+                        return Ok(Err(format!(
+                            "{}: checksum mismatch or incomplete stream",
+                            c2.errbuf
+                        )));
                     }
                     let tok = save_partial(&mut st.zfs, &h, &c2, bytes);
                     Ok(Err(format!(

@@ -321,7 +321,11 @@ impl Lock {
         let path = root.join(".lock");
         let start = SystemTime::now();
         loop {
-            match fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+            match fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
                 Ok(mut f) => {
                     let _ = writeln!(f, "{}", std::process::id());
                     return Ok(Lock { path });
@@ -388,7 +392,8 @@ pub fn stable_id(parts: &[&str]) -> u64 {
 
 impl Dataset {
     pub fn guid_for(&self, host: &str, name: &str) -> u64 {
-        self.guid.unwrap_or_else(|| stable_id(&["dataset", host, name]))
+        self.guid
+            .unwrap_or_else(|| stable_id(&["dataset", host, name]))
     }
 }
 

@@ -74,7 +74,13 @@ impl Header {
                 "resume" => h.resume = v == "1",
                 "offset" => h.offset = v.parse().ok()?,
                 "total" => h.total = v.parse().ok()?,
-                "flags" => h.flags = if v == "-" { String::new() } else { v.to_string() },
+                "flags" => {
+                    h.flags = if v == "-" {
+                        String::new()
+                    } else {
+                        v.to_string()
+                    }
+                }
                 _ => return None,
             }
         }
@@ -119,7 +125,10 @@ pub fn read_line(r: &mut impl Read) -> std::io::Result<Option<String>> {
             return if line.is_empty() {
                 Ok(None)
             } else {
-                Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "truncated line"))
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "truncated line",
+                ))
             };
         }
         line.push(b[0]);
@@ -127,7 +136,10 @@ pub fn read_line(r: &mut impl Read) -> std::io::Result<Option<String>> {
             return Ok(Some(String::from_utf8_lossy(&line).into_owned()));
         }
         if line.len() > 4096 {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "line too long"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "line too long",
+            ));
         }
     }
 }
@@ -166,7 +178,11 @@ pub fn write_content(
 }
 
 /// Write bytes of a header/trailer line, honouring the budget. Returns false if cut.
-pub fn write_budgeted(out: &mut impl Write, data: &[u8], budget: &mut Option<u64>) -> std::io::Result<bool> {
+pub fn write_budgeted(
+    out: &mut impl Write,
+    data: &[u8],
+    budget: &mut Option<u64>,
+) -> std::io::Result<bool> {
     match budget {
         None => {
             out.write_all(data)?;

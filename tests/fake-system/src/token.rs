@@ -91,7 +91,10 @@ pub fn unpack_native(b: &[u8]) -> Result<NvList, String> {
             }
             DATA_TYPE_STRING => {
                 let v = pair.get(voff..).ok_or("value truncated")?;
-                let end = v.iter().position(|&c| c == 0).ok_or("string not terminated")?;
+                let end = v
+                    .iter()
+                    .position(|&c| c == 0)
+                    .ok_or("string not terminated")?;
                 Value::Str(String::from_utf8_lossy(&v[..end]).into_owned())
             }
             DATA_TYPE_BOOLEAN => Value::Bool,
@@ -122,7 +125,12 @@ pub fn encode(nvl: &NvList) -> String {
     for byte in &compressed {
         hex.push_str(&format!("{byte:02x}"));
     }
-    format!("1-{:x}-{:x}-{}", fletcher4_word0(&compressed), packed.len(), hex)
+    format!(
+        "1-{:x}-{:x}-{}",
+        fletcher4_word0(&compressed),
+        packed.len(),
+        hex
+    )
 }
 
 /// Decode like `zfs_send_resume_token_to_nvlist`; errors are libzfs' aux messages.
@@ -132,11 +140,16 @@ pub fn decode(token: &str) -> Result<NvList, String> {
         (Some(v), Some(c), Some(l), Some(h)) => (v, c, l, h),
         _ => return Err("resume token is corrupt (invalid format)".into()),
     };
-    let version: u32 = v.parse().map_err(|_| "resume token is corrupt (invalid format)")?;
+    let version: u32 = v
+        .parse()
+        .map_err(|_| "resume token is corrupt (invalid format)")?;
     let ck = u64::from_str_radix(ck, 16).map_err(|_| "resume token is corrupt (invalid format)")?;
-    let len = usize::from_str_radix(len, 16).map_err(|_| "resume token is corrupt (invalid format)")?;
+    let len =
+        usize::from_str_radix(len, 16).map_err(|_| "resume token is corrupt (invalid format)")?;
     if version != 1 {
-        return Err(format!("resume token is corrupt (invalid version {version})"));
+        return Err(format!(
+            "resume token is corrupt (invalid version {version})"
+        ));
     }
     if hex.len() % 2 != 0 || !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
         return Err("resume token is corrupt (payload is not hex-encoded)".into());
@@ -197,7 +210,12 @@ pub fn for_partial(p: &crate::state::Partial) -> NvList {
     nvl.push(("bytes".into(), Value::U64(p.bytes)));
     nvl.push(("toguid".into(), Value::U64(p.toguid)));
     nvl.push(("toname".into(), Value::Str(p.toname.clone())));
-    for (flag, key) in [('L', "largeblockok"), ('e', "embedok"), ('c', "compressok"), ('w', "rawok")] {
+    for (flag, key) in [
+        ('L', "largeblockok"),
+        ('e', "embedok"),
+        ('c', "compressok"),
+        ('w', "rawok"),
+    ] {
         if p.flags.contains(flag) {
             nvl.push((key.into(), Value::Bool));
         }
@@ -215,7 +233,9 @@ mod tests {
 
     fn packed_of(tok: &str) -> Vec<u8> {
         let hex = tok.splitn(4, '-').nth(3).unwrap();
-        let bytes: Vec<u8> = (0..hex.len() / 2).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap()).collect();
+        let bytes: Vec<u8> = (0..hex.len() / 2)
+            .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+            .collect();
         miniz_oxide::inflate::decompress_to_vec_zlib(&bytes).unwrap()
     }
 
@@ -225,7 +245,11 @@ mod tests {
             let nvl = decode(tok).expect("real token decodes (checksum, zlib, native nvlist)");
             assert!(get_str(&nvl, "toname").is_some_and(|n| n.contains('@')));
             assert!(get_u64(&nvl, "toguid").is_some());
-            assert_eq!(pack_native(&nvl), packed_of(tok), "re-packed nvlist equals the kernel's bytes");
+            assert_eq!(
+                pack_native(&nvl),
+                packed_of(tok),
+                "re-packed nvlist equals the kernel's bytes"
+            );
         }
         let inc = decode(REAL_INCREMENTAL).unwrap();
         assert_eq!(inc[0].0, "fromguid");
@@ -233,7 +257,10 @@ mod tests {
             inc.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
             ["fromguid", "object", "offset", "bytes", "toguid", "toname"]
         );
-        assert_eq!(get_str(&inc, "toname"), Some("send/test/l0_1/l1_0/l2_2@syncoid_orion_2025-02-23:16:38:20-GMT-06:00"));
+        assert_eq!(
+            get_str(&inc, "toname"),
+            Some("send/test/l0_1/l1_0/l2_2@syncoid_orion_2025-02-23:16:38:20-GMT-06:00")
+        );
     }
 
     #[test]
@@ -256,11 +283,20 @@ mod tests {
         assert_eq!(nvl, for_partial(&p));
         assert_eq!(get_u64(&nvl, "bytes"), Some(4840));
         assert!(has(&nvl, "largeblockok") && has(&nvl, "compressok") && !has(&nvl, "embedok"));
-        assert_eq!(decode("garbage").unwrap_err(), "resume token is corrupt (invalid format)");
-        assert_eq!(decode("2-1-1-00").unwrap_err(), "resume token is corrupt (invalid version 2)");
+        assert_eq!(
+            decode("garbage").unwrap_err(),
+            "resume token is corrupt (invalid format)"
+        );
+        assert_eq!(
+            decode("2-1-1-00").unwrap_err(),
+            "resume token is corrupt (invalid version 2)"
+        );
         let mut bad = tok.clone();
         bad.push_str("00");
-        assert_eq!(decode(&bad).unwrap_err(), "resume token is corrupt (incorrect checksum)");
+        assert_eq!(
+            decode(&bad).unwrap_err(),
+            "resume token is corrupt (incorrect checksum)"
+        );
         assert_eq!(
             print(&nvl),
             "nvlist version: 0\n\tfromguid = 0x7\n\tobject = 0x1\n\toffset = 0x12e8\n\tbytes = 0x12e8\n\ttoguid = 0x20486fb66e9eadab\n\ttoname = mainpool/dom0@b2\n\tlargeblockok = 1\n\tcompressok = 1\n"

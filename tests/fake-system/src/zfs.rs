@@ -13,7 +13,9 @@ pub fn unsupported(tool: &str, args: &[String]) -> i32 {
 }
 
 pub fn main(root: &Path, host: &str, args: &[String]) -> i32 {
-    let all: Vec<String> = std::iter::once("zfs".to_string()).chain(args.iter().cloned()).collect();
+    let all: Vec<String> = std::iter::once("zfs".to_string())
+        .chain(args.iter().cloned())
+        .collect();
     let r = match args.first().map(String::as_str) {
         Some("list") => list(root, host, &args[1..]),
         Some("get") => get(root, host, &args[1..]),
@@ -125,7 +127,9 @@ fn used_of(z: &Zfs, name: &str, d: &Dataset) -> u64 {
     let mut total = d.referenced.unwrap_or_else(|| latest_size(d));
     for (n, c) in &z.datasets {
         if is_descendant(n, name) {
-            total += c.used.unwrap_or_else(|| c.referenced.unwrap_or_else(|| latest_size(c)));
+            total += c
+                .used
+                .unwrap_or_else(|| c.referenced.unwrap_or_else(|| latest_size(c)));
         }
     }
     total
@@ -147,7 +151,11 @@ fn inherited(z: &Zfs, name: &str, prop: &str) -> Option<(String, String, String)
     let mut cur = Some(name);
     while let Some(n) = cur {
         if let Some(v) = z.datasets.get(n).and_then(|d| d.props.get(prop)) {
-            let src = if n == name { "local".to_string() } else { format!("inherited from {n}") };
+            let src = if n == name {
+                "local".to_string()
+            } else {
+                format!("inherited from {n}")
+            };
             return Some((v.clone(), src, n.to_string()));
         }
         cur = parent(n);
@@ -175,12 +183,17 @@ pub fn prop(z: &Zfs, host: &str, e: &Ent, p: &str, parsable: bool) -> Option<(St
         (Ent::Snap(..), "origin") => none(),
         (_, "createtxg") => stat(e.createtxg().to_string()),
         (Ent::Ds(n, d), "guid") => stat(d.guid_for(host, n).to_string()),
-        (Ent::Snap(n, _, s), "guid") => stat(s.guid_for(host, &format!("{n}@{}", s.name)).to_string()),
+        (Ent::Snap(n, _, s), "guid") => {
+            stat(s.guid_for(host, &format!("{n}@{}", s.name)).to_string())
+        }
         (Ent::Ds(n, d), "used") => stat(num(used_of(z, n, d), parsable)),
         (Ent::Snap(_, _, s), "used") => stat(num(s.used.unwrap_or(0), parsable)),
         (Ent::Ds(n, _), "available" | "avail") => stat(num(available_of(z, n), parsable)),
         (Ent::Snap(..), "available" | "avail") => none(),
-        (Ent::Ds(_, d), "referenced" | "refer") => stat(num(d.referenced.unwrap_or_else(|| latest_size(d)), parsable)),
+        (Ent::Ds(_, d), "referenced" | "refer") => stat(num(
+            d.referenced.unwrap_or_else(|| latest_size(d)),
+            parsable,
+        )),
         (Ent::Snap(_, _, s), "referenced" | "refer") => stat(num(s.full_size(), parsable)),
         (Ent::Ds(_, d), "receive_resume_token") => match &d.partial {
             Some(p) => stat(crate::token::encode(&crate::token::for_partial(p))),
@@ -263,10 +276,22 @@ pub struct Types {
 }
 
 pub fn parse_types(s: &str) -> Option<Types> {
-    let mut t = Types { fs: false, vol: false, snap: false, bookmark: false };
+    let mut t = Types {
+        fs: false,
+        vol: false,
+        snap: false,
+        bookmark: false,
+    };
     for w in s.split(',') {
         match w {
-            "all" => t = Types { fs: true, vol: true, snap: true, bookmark: true },
+            "all" => {
+                t = Types {
+                    fs: true,
+                    vol: true,
+                    snap: true,
+                    bookmark: true,
+                }
+            }
             "filesystem" => t.fs = true,
             "volume" => t.vol = true,
             "snapshot" | "snap" => t.snap = true,
@@ -316,7 +341,15 @@ fn select<'a>(
     if operands.is_empty() {
         let roots: Vec<&String> = z.datasets.keys().filter(|n| !n.contains('/')).collect();
         for r in roots {
-            add_tree(&mut out, r, if recurse || depth.is_some() { depth } else { None });
+            add_tree(
+                &mut out,
+                r,
+                if recurse || depth.is_some() {
+                    depth
+                } else {
+                    None
+                },
+            );
         }
     }
     for op in operands {
@@ -355,17 +388,30 @@ fn select<'a>(
     (out, err)
 }
 
-const NUMERIC: &[&str] = &["createtxg", "guid", "used", "available", "avail", "referenced", "refer", "volsize", "creation"];
+const NUMERIC: &[&str] = &[
+    "createtxg",
+    "guid",
+    "used",
+    "available",
+    "avail",
+    "referenced",
+    "refer",
+    "volsize",
+    "creation",
+];
 
 fn list(root: &Path, host: &str, args: &[String]) -> Res {
     let p = getopt(args, "dotsS", "Hpr").map_err(|_| Unsupported)?;
-    if !p.has('H') {
-        return Err(Unsupported); // only scripted mode is modelled
-    }
+    let scripted = p.has('H');
     let parsable = p.has('p');
     let types = match p.last('t') {
         Some(t) => parse_types(&t).ok_or(Unsupported)?,
-        None => Types { fs: true, vol: true, snap: false, bookmark: false },
+        None => Types {
+            fs: true,
+            vol: true,
+            snap: false,
+            bookmark: false,
+        },
     };
     let depth = match p.last('d') {
         Some(d) => Some(d.parse::<usize>().map_err(|_| Unsupported)?),
@@ -405,7 +451,9 @@ fn list(root: &Path, host: &str, args: &[String]) -> Res {
                 let o = if key == "name" {
                     name_cmp(a, b)
                 } else if NUMERIC.contains(&key.as_str()) {
-                    va.parse::<u64>().unwrap_or(0).cmp(&vb.parse::<u64>().unwrap_or(0))
+                    va.parse::<u64>()
+                        .unwrap_or(0)
+                        .cmp(&vb.parse::<u64>().unwrap_or(0))
                 } else {
                     va.cmp(&vb)
                 };
@@ -417,12 +465,58 @@ fn list(root: &Path, host: &str, args: &[String]) -> Res {
             name_cmp(a, b)
         });
     }
+    let rows: Vec<Vec<String>> = ents
+        .iter()
+        .map(|e| {
+            cols.iter()
+                .map(|c| {
+                    prop(z, host, e, c, parsable)
+                        .map(|x| x.0)
+                        .unwrap_or_else(|| "-".into())
+                })
+                .collect()
+        })
+        .collect();
     let mut out = String::new();
-    for e in &ents {
-        let row: Vec<String> =
-            cols.iter().map(|c| prop(z, host, e, c, parsable).map(|x| x.0).unwrap_or_else(|| "-".into())).collect();
-        out.push_str(&row.join("\t"));
-        out.push('\n');
+    if scripted {
+        for row in &rows {
+            out.push_str(&row.join("\t"));
+            out.push('\n');
+        }
+    } else if !rows.is_empty() {
+        // zfs_main.c print_header/print_dataset: two spaces between columns, numbers
+        // right-aligned, the last column unpadded; "no datasets available" when empty.
+        let heads: Vec<String> = cols.iter().map(|c| c.to_uppercase()).collect();
+        let widths: Vec<usize> = (0..cols.len())
+            .map(|i| {
+                rows.iter()
+                    .map(|r| r[i].len())
+                    .chain([heads[i].len()])
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let right = |c: &str| NUMERIC.contains(&c) && c != "name";
+        for row in std::iter::once(&heads).chain(rows.iter()) {
+            let mut line = String::new();
+            for (i, v) in row.iter().enumerate() {
+                let last = i + 1 == row.len();
+                if right(&cols[i]) {
+                    line.push_str(&format!("{v:>w$}", w = widths[i]));
+                } else if last {
+                    line.push_str(v);
+                } else {
+                    line.push_str(&format!("{v:<w$}", w = widths[i]));
+                }
+                if !last {
+                    line.push_str("  ");
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+    } else if !err {
+        eprintln!("no datasets available");
     }
     print!("{out}");
     Ok(if err { 1 } else { 0 })
@@ -440,7 +534,9 @@ fn get(root: &Path, host: &str, args: &[String]) -> Res {
         .split(',')
         .map(String::from)
         .collect();
-    if fields.iter().any(|f| !["name", "property", "value", "source", "received"].contains(&f.as_str()))
+    if fields
+        .iter()
+        .any(|f| !["name", "property", "value", "source", "received"].contains(&f.as_str()))
         || fields.iter().any(|f| f == "received")
     {
         return Err(Unsupported);
@@ -451,7 +547,12 @@ fn get(root: &Path, host: &str, args: &[String]) -> Res {
     }
     let types = match p.last('t') {
         Some(t) => parse_types(&t).ok_or(Unsupported)?,
-        None => Types { fs: true, vol: true, snap: true, bookmark: true },
+        None => Types {
+            fs: true,
+            vol: true,
+            snap: true,
+            bookmark: true,
+        },
     };
     let depth = match p.last('d') {
         Some(d) => Some(d.parse::<usize>().map_err(|_| Unsupported)?),
@@ -477,7 +578,8 @@ fn get(root: &Path, host: &str, args: &[String]) -> Res {
     let mut out = String::new();
     for e in &ents {
         for pr in &props {
-            let (v, src) = prop(z, host, e, pr, parsable).unwrap_or_else(|| ("-".into(), "-".into()));
+            let (v, src) =
+                prop(z, host, e, pr, parsable).unwrap_or_else(|| ("-".into(), "-".into()));
             let row: Vec<String> = fields
                 .iter()
                 .map(|f| match f.as_str() {
@@ -508,11 +610,15 @@ fn snapshot(root: &Path, host: &str, args: &[String]) -> Res {
         let mut errors: Vec<String> = Vec::new();
         for n in &names {
             let Some((d, s)) = split_snap(n) else {
-                errors.push(format!("cannot create snapshot '{n}': missing '@' delimiter in snapshot name"));
+                errors.push(format!(
+                    "cannot create snapshot '{n}': missing '@' delimiter in snapshot name"
+                ));
                 continue;
             };
             if !z.datasets.contains_key(d) {
-                errors.push(format!("cannot create snapshot '{n}': dataset does not exist"));
+                errors.push(format!(
+                    "cannot create snapshot '{n}': dataset does not exist"
+                ));
                 continue;
             }
             targets.push((d.to_string(), s.to_string()));
@@ -527,9 +633,13 @@ fn snapshot(root: &Path, host: &str, args: &[String]) -> Res {
         let mut seen = std::collections::BTreeSet::new();
         for (d, s) in &targets {
             if !seen.insert(d.clone()) {
-                errors.push(format!("cannot create snapshot '{d}@{s}': multiple snapshots of same fs not allowed"));
+                errors.push(format!(
+                    "cannot create snapshot '{d}@{s}': multiple snapshots of same fs not allowed"
+                ));
             } else if z.datasets[d].snapshots.iter().any(|x| &x.name == s) {
-                errors.push(format!("cannot create snapshot '{d}@{s}': dataset already exists"));
+                errors.push(format!(
+                    "cannot create snapshot '{d}@{s}': dataset already exists"
+                ));
             }
         }
         if !errors.is_empty() {
@@ -544,7 +654,12 @@ fn snapshot(root: &Path, host: &str, args: &[String]) -> Res {
             let snap = Snapshot {
                 name: s.clone(),
                 createtxg: txg,
-                guid: Some(state::stable_id(&["new snapshot", host, &full, &txg.to_string()])),
+                guid: Some(state::stable_id(&[
+                    "new snapshot",
+                    host,
+                    &full,
+                    &txg.to_string(),
+                ])),
                 size: prev.and_then(|x| x.size),
                 incr_size: prev.and_then(|x| x.incr_size),
                 used: None,
@@ -598,7 +713,11 @@ fn create(root: &Path, host: &str, args: &[String]) -> Res {
     let r = state::update(root, host, |st| {
         let z = &mut st.zfs;
         if z.datasets.contains_key(&name) {
-            return Ok(if with_parents { Ok(()) } else { Err(format!("cannot create '{name}': dataset already exists")) });
+            return Ok(if with_parents {
+                Ok(())
+            } else {
+                Err(format!("cannot create '{name}': dataset already exists"))
+            });
         }
         let Some(par) = parent(&name) else {
             return Ok(Err(format!("cannot create '{name}': missing dataset name")));
@@ -613,27 +732,49 @@ fn create(root: &Path, host: &str, args: &[String]) -> Res {
             cur = parent(c);
         }
         if cur.is_none() {
-            return Ok(Err(format!("cannot create '{name}': no such pool '{}'", name.split('/').next().unwrap_or(""))));
+            return Ok(Err(format!(
+                "cannot create '{name}': no such pool '{}'",
+                name.split('/').next().unwrap_or("")
+            )));
         }
         if !missing.is_empty() && !with_parents {
-            return Ok(Err(format!("cannot create '{name}': parent does not exist")));
+            return Ok(Err(format!(
+                "cannot create '{name}': parent does not exist"
+            )));
         }
         if let Some(pd) = cur.and_then(|c| z.datasets.get(c)) {
             if pd.kind == Kind::Volume {
-                return Ok(Err(format!("cannot create '{name}': parent is not a filesystem")));
+                return Ok(Err(format!(
+                    "cannot create '{name}': parent is not a filesystem"
+                )));
             }
         }
         for m in missing.iter().rev() {
             z.last_txg += 1;
-            z.datasets.insert(m.clone(), Dataset { createtxg: z.last_txg, ..Default::default() });
+            z.datasets.insert(
+                m.clone(),
+                Dataset {
+                    createtxg: z.last_txg,
+                    ..Default::default()
+                },
+            );
         }
         z.last_txg += 1;
         let ds = Dataset {
-            kind: if volsize.is_some() { Kind::Volume } else { Kind::Filesystem },
+            kind: if volsize.is_some() {
+                Kind::Volume
+            } else {
+                Kind::Filesystem
+            },
             createtxg: z.last_txg,
             volsize,
             props: props.clone(),
-            guid: Some(state::stable_id(&["new dataset", host, &name, &z.last_txg.to_string()])),
+            guid: Some(state::stable_id(&[
+                "new dataset",
+                host,
+                &name,
+                &z.last_txg.to_string(),
+            ])),
             ..Default::default()
         };
         z.datasets.insert(name.clone(), ds);
@@ -665,15 +806,25 @@ fn destroy(root: &Path, host: &str, args: &[String]) -> Res {
             }
             let victims: Vec<String> = victims
                 .into_iter()
-                .filter(|v| z.datasets.get(v).is_some_and(|x| x.snapshots.iter().any(|y| y.name == s)))
+                .filter(|v| {
+                    z.datasets
+                        .get(v)
+                        .is_some_and(|x| x.snapshots.iter().any(|y| y.name == s))
+                })
                 .collect();
             if victims.is_empty() {
-                return Ok(Err("could not find any snapshots to destroy; check snapshot names.".to_string()));
+                return Ok(Err(
+                    "could not find any snapshots to destroy; check snapshot names.".to_string(),
+                ));
             }
             for v in &victims {
                 let full = format!("{v}@{s}");
-                let clones: Vec<String> =
-                    z.datasets.iter().filter(|(_, x)| x.origin.as_deref() == Some(&full)).map(|(k, _)| k.clone()).collect();
+                let clones: Vec<String> = z
+                    .datasets
+                    .iter()
+                    .filter(|(_, x)| x.origin.as_deref() == Some(&full))
+                    .map(|(k, _)| k.clone())
+                    .collect();
                 if !clones.is_empty() {
                     return Ok(Err(format!(
                         "cannot destroy '{full}': snapshot has dependent clones\nuse '-R' to destroy the following datasets:\n{}",
@@ -689,15 +840,26 @@ fn destroy(root: &Path, host: &str, args: &[String]) -> Res {
             return Ok(Ok(()));
         }
         let Some(ds) = z.datasets.get(&target) else {
-            return Ok(Err(format!("cannot open '{target}': dataset does not exist")));
+            return Ok(Err(format!(
+                "cannot open '{target}': dataset does not exist"
+            )));
         };
-        let mut subtree: Vec<String> =
-            z.datasets.keys().filter(|k| *k == &target || is_descendant(k, &target)).cloned().collect();
+        let mut subtree: Vec<String> = z
+            .datasets
+            .keys()
+            .filter(|k| *k == &target || is_descendant(k, &target))
+            .cloned()
+            .collect();
         if !recursive {
-            let mut children: Vec<String> = subtree.iter().filter(|k| **k != target).cloned().collect();
+            let mut children: Vec<String> =
+                subtree.iter().filter(|k| **k != target).cloned().collect();
             children.extend(ds.snapshots.iter().map(|s| format!("{target}@{}", s.name)));
             if !children.is_empty() {
-                let what = if ds.kind == Kind::Volume { "volume" } else { "filesystem" };
+                let what = if ds.kind == Kind::Volume {
+                    "volume"
+                } else {
+                    "filesystem"
+                };
                 return Ok(Err(format!(
                     "cannot destroy '{target}': {what} has children\nuse '-r' to destroy the following datasets:\n{}",
                     children.join("\n")

@@ -1,0 +1,955 @@
+//! Black-box tests: the built `qzb-fake` run through symlinks named like the real tools.
+//! Expected strings quote the real tools' sources (OpenZFS libzfs_sendrecv.c / zfs_main.c,
+//! qubes-core-admin qubes/api/admin.py + qubesd_query.py, qubes-core-qrexec).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+static N: AtomicUsize = AtomicUsize::new(0);
+
+struct Sys {
+    dir: PathBuf,
+}
+
+impl Sys {
+    fn new(fixture: &str) -> Sys {
+        let dir = std::env::temp_dir().join(format!(
+            "qzb-fake-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let exe = env!("CARGO_BIN_EXE_qzb-fake");
+        let fx = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fixtures")
+            .join(fixture);
+        assert!(Command::new(exe)
+            .arg("install-links")
+            .arg(dir.join("bin"))
+            .status()
+            .unwrap()
+            .success());
+        assert!(Command::new(exe)
+            .arg("init")
+            .arg(&fx)
+            .arg(dir.join("state"))
+            .status()
+            .unwrap()
+            .success());
+        Sys { dir }
+    }
+    fn cmd(&self, host: &str, tool: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(self.dir.join("bin").join(tool));
+        c.args(args)
+            .env("QZB_FAKE_ROOT", self.dir.join("state"))
+            .env("QZB_FAKE_HOST", host)
+            .env(
+                "PATH",
+                format!(
+                    "{}:{}",
+                    self.dir.join("bin").display(),
+                    std::env::var("PATH").unwrap_or_default()
+                ),
+            );
+        for k in [
+            "QZB_FAKE_SEND_DIE_AFTER",
+            "QZB_FAKE_SEND_FAIL",
+            "QZB_FAKE_RECV_DIE_AFTER",
+            "QZB_FAKE_FAULT_ONCE",
+        ] {
+            c.env_remove(k);
+        }
+        c
+    }
+    fn run(&self, tool: &str, args: &[&str]) -> Output {
+        self.cmd("dom0", tool, args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+    fn zfs(&self, host: &str, args: &[&str]) -> Output {
+        self.cmd(host, "zfs", args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+    /// `zfs send <send> | QZB_FAKE_HOST=backups-disp zfs receive <recv>`
+    fn pipe(&self, send: &[&str], send_env: &[(&str, &str)], recv: &[&str]) -> (Output, Output) {
+        let mut s = self.cmd("dom0", "zfs", send);
+        s.envs(send_env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut sc = s.spawn().unwrap();
+        let out = sc.stdout.take().unwrap();
+        let r = self
+            .cmd("backups-disp", "zfs", recv)
+            .stdin(out)
+            .output()
+            .unwrap();
+        (sc.wait_with_output().unwrap(), r)
+    }
+}
+
+impl Drop for Sys {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn out(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+fn err(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+const R: &str = "backuppool/backups/mydesktop";
+
+#[test]
+fn list_scripted_parsable_tab_separated_with_dash_for_none() {
+    let s = Sys::new("reference-system");
+    let o = s.zfs(
+        "dom0",
+        &[
+            "list",
+            "-H",
+            "-p",
+            "-t",
+            "all",
+            "-o",
+            "name,type,origin,createtxg",
+            "-r",
+            "mainpool/qubes/work",
+        ],
+    );
+    assert!(o.status.success());
+    assert_eq!(
+        out(&o),
+        "mainpool/qubes/work\tfilesystem\t-\t10\n\
+         mainpool/qubes/work@b1\tsnapshot\t-\t201\n\
+         mainpool/qubes/work/private\tvolume\t-\t11\n\
+         mainpool/qubes/work/private@s1\tsnapshot\t-\t100\n\
+         mainpool/qubes/work/private@b1\tsnapshot\t-\t202\n\
+         mainpool/qubes/work/private@qubes:stop:1700000000.000000\tsnapshot\t-\t260\n\
+         mainpool/qubes/work/root\tvolume\tmainpool/qubes/fedora-41/root@qubes-clean-aaaa\t291\n\
+         mainpool/qubes/work/volatile\tvolume\t-\t290\n"
+    );
+    // real: "cannot open '%s': dataset does not exist", exit 1
+    let o = s.zfs("dom0", &["list", "-H", "-o", "name", "mainpool/nope"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        err(&o),
+        "cannot open 'mainpool/nope': dataset does not exist\n"
+    );
+    // backup.py's existence probe: `zfs list <ds@label>` (human table, status only)
+    let o = s.zfs("dom0", &["list", "mainpool/dom0@b1"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(out(&o), "NAME              USED  AVAIL  REFER  MOUNTPOINT\nmainpool/dom0@b1    0B      -   300K  -\n");
+    assert_eq!(
+        s.zfs("dom0", &["list", "mainpool/dom0@zz"]).status.code(),
+        Some(1)
+    );
+}
+
+#[test]
+fn backup_py_queries_match_reference_inventory() {
+    let s = Sys::new("reference-system");
+    let o = s.zfs(
+        "dom0",
+        &[
+            "list",
+            "-H",
+            "-t",
+            "snapshot",
+            "-o",
+            "createtxg,name",
+            "-s",
+            "createtxg",
+            "-s",
+            "name",
+        ],
+    );
+    let expected = "50\tmainpool/qubes/fedora-41/root@qubes-clean-aaaa\n100\tmainpool/qubes/work/private@s1\n150\tauxpool/qubes/games/private@g0\n201\tmainpool/qubes/work@b1\n202\tmainpool/qubes/work/private@b1\n203\tmainpool/dom0@b1\n204\tmainpool/dom0/var@b1\n205\tmainpool/qubes/vault/private@b1\n206\tmainpool/qubes/vault@b1\n207\tmainpool/shared@b1\n208\tmainpool/shared/apps@b1\n209\tmainpool/shared/junk@b1\n250\tmainpool/qubes/work-clone/private@c1\n260\tmainpool/qubes/work/private@qubes:stop:1700000000.000000\n300\tmainpool/dom0@b2\n";
+    assert_eq!(out(&o), expected);
+    let o = s.zfs("dom0", &["list", "-H", "-o", "name,origin"]);
+    assert!(out(&o).contains("mainpool/qubes/dev/private\tmainpool/qubes/work-clone/private@c1\n"));
+    assert_eq!(out(&o).lines().count(), 38);
+    let o = s.zfs(
+        "dom0",
+        &[
+            "list",
+            "-H",
+            "-t",
+            "filesystem,volume",
+            "-o",
+            "name",
+            "-r",
+            "mainpool/shared",
+        ],
+    );
+    assert_eq!(
+        out(&o),
+        "mainpool/shared\nmainpool/shared/apps\nmainpool/shared/junk\n"
+    );
+    let o = s.zfs("backups-disp", &["list", "-H", "-p", "-o", "name,avail", R]);
+    assert_eq!(out(&o), format!("{R}\t5000000000000\n"));
+}
+
+#[test]
+fn get_scripted_with_sources() {
+    let s = Sys::new("reference-system");
+    let o = s.zfs(
+        "dom0",
+        &[
+            "get",
+            "-H",
+            "-p",
+            "-o",
+            "name,property,value,source",
+            "receive_resume_token,volmode,guid",
+            "mainpool/qubes/work/private",
+        ],
+    );
+    let t = out(&o);
+    let lines: Vec<&str> = t.lines().collect();
+    assert_eq!(
+        lines[0],
+        "mainpool/qubes/work/private\treceive_resume_token\t-\t-"
+    );
+    assert_eq!(
+        lines[1],
+        "mainpool/qubes/work/private\tvolmode\tdev\tinherited from mainpool/qubes"
+    );
+    assert!(
+        lines[2].starts_with("mainpool/qubes/work/private\tguid\t") && lines[2].ends_with("\t-")
+    );
+    let o = s.zfs(
+        "dom0",
+        &[
+            "get",
+            "-H",
+            "-o",
+            "value",
+            "mountpoint",
+            "mainpool/dom0/var",
+        ],
+    );
+    assert_eq!(out(&o), "/var\n");
+}
+
+#[test]
+fn snapshot_is_atomic_and_assigns_one_new_txg() {
+    let s = Sys::new("reference-system");
+    // one name already exists: nothing is created (lzc_snapshot is all-or-nothing)
+    let o = s.zfs(
+        "dom0",
+        &["snapshot", "mainpool/shared@new", "mainpool/dom0@b2"],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        err(&o),
+        "cannot create snapshot 'mainpool/dom0@b2': dataset already exists\n"
+    );
+    assert_eq!(
+        s.zfs("dom0", &["list", "-H", "-o", "name", "mainpool/shared@new"])
+            .status
+            .code(),
+        Some(1)
+    );
+    let o = s.zfs(
+        "dom0",
+        &["snapshot", "mainpool/shared@new", "mainpool/dom0@new"],
+    );
+    assert!(o.status.success(), "{}", err(&o));
+    let o = s.zfs(
+        "dom0",
+        &[
+            "list",
+            "-H",
+            "-p",
+            "-o",
+            "createtxg",
+            "mainpool/shared@new",
+            "mainpool/dom0@new",
+        ],
+    );
+    assert_eq!(out(&o), "301\n301\n");
+    let o = s.zfs("dom0", &["snapshot", "nopool/x@y"]);
+    assert_eq!(
+        err(&o),
+        "cannot create snapshot 'nopool/x@y': dataset does not exist\n"
+    );
+}
+
+#[test]
+fn send_dry_run_parsable_formats() {
+    let s = Sys::new("reference-system");
+    // send_print_verbose: "full\t%s" / "incremental\t%s\t%s" then "\t%llu", then "size\t%llu"
+    let o = s.zfs("dom0", &["send", "-n", "-v", "-P", "mainpool/dom0@b1"]);
+    assert_eq!(out(&o), "full\tmainpool/dom0@b1\t307200\nsize\t307200\n");
+    let o = s.zfs("dom0", &["send", "-nvP", "-i", "@b1", "mainpool/dom0@b2"]);
+    assert_eq!(
+        out(&o),
+        "incremental\tmainpool/dom0@b1\tmainpool/dom0@b2\t76800\nsize\t76800\n"
+    );
+    // -I: dump_snapshot prints the short previous snapshot name
+    let o = s.zfs(
+        "dom0",
+        &[
+            "send",
+            "-nvP",
+            "-I",
+            "@s1",
+            "mainpool/qubes/work/private@qubes:stop:1700000000.000000",
+        ],
+    );
+    assert_eq!(
+        out(&o),
+        "incremental\ts1\tmainpool/qubes/work/private@b1\t76800\nincremental\tb1\tmainpool/qubes/work/private@qubes:stop:1700000000.000000\t76800\nsize\t153600\n"
+    );
+    // clone from its origin
+    let o = s.zfs(
+        "dom0",
+        &[
+            "send",
+            "-nvP",
+            "-i",
+            "mainpool/qubes/work/private@s1",
+            "mainpool/qubes/work-clone/private@c1",
+        ],
+    );
+    assert_eq!(
+        out(&o),
+        "incremental\tmainpool/qubes/work/private@s1\tmainpool/qubes/work-clone/private@c1\t76800\nsize\t76800\n"
+    );
+}
+
+#[test]
+fn full_send_receive_keeps_source_guid() {
+    let s = Sys::new("reference-system");
+    let (so, ro) = s.pipe(
+        &["send", "-L", "-e", "-c", "mainpool/dom0@b1"],
+        &[],
+        &[
+            "receive",
+            "-s",
+            "-u",
+            "-o",
+            "mountpoint=none",
+            &format!("{R}/dom0"),
+        ],
+    );
+    assert!(
+        so.status.success() && ro.status.success(),
+        "{} {}",
+        err(&so),
+        err(&ro)
+    );
+    let src = out(&s.zfs(
+        "dom0",
+        &["list", "-H", "-p", "-o", "guid", "mainpool/dom0@b1"],
+    ));
+    let dst = out(&s.zfs(
+        "backups-disp",
+        &["list", "-H", "-p", "-o", "guid", &format!("{R}/dom0@b1")],
+    ));
+    assert_eq!(src, dst);
+    let mp = out(&s.zfs(
+        "backups-disp",
+        &[
+            "get",
+            "-H",
+            "-o",
+            "value,source",
+            "mountpoint",
+            &format!("{R}/dom0"),
+        ],
+    ));
+    assert_eq!(mp, "none\tlocal\n");
+    // full stream into an existing dataset
+    let (_, ro) = s.pipe(
+        &["send", "mainpool/dom0@b2"],
+        &[],
+        &["receive", "-s", &format!("{R}/dom0")],
+    );
+    assert_eq!(ro.status.code(), Some(1));
+    assert_eq!(
+        err(&ro),
+        format!("cannot receive new filesystem stream: destination '{R}/dom0' exists\nmust specify -F to overwrite it\n")
+    );
+    let (_, ro) = s.pipe(
+        &["send", "mainpool/dom0@b2"],
+        &[],
+        &["receive", "-s", "-F", &format!("{R}/dom0")],
+    );
+    assert_eq!(
+        err(&ro),
+        format!("cannot receive new filesystem stream: destination has snapshots (eg. {R}/dom0@b1)\nmust destroy them to overwrite it\n")
+    );
+    // incremental onto it works; -I package too
+    let (_, ro) = s.pipe(
+        &["send", "-i", "@b1", "mainpool/dom0@b2"],
+        &[],
+        &["receive", "-s", &format!("{R}/dom0")],
+    );
+    assert!(ro.status.success(), "{}", err(&ro));
+}
+
+#[test]
+fn incremental_with_missing_base_and_clone_origin_rules() {
+    let s = Sys::new("reference-system");
+    let (_, ro) = s.pipe(
+        &["send", "mainpool/qubes/work/private@s1"],
+        &[],
+        &["receive", "-s", &format!("{R}/wp")],
+    );
+    assert!(ro.status.success());
+    // base of this incremental (b1) is not on the destination
+    let (_, ro) = s.pipe(
+        &[
+            "send",
+            "-i",
+            "@b1",
+            "mainpool/qubes/work/private@qubes:stop:1700000000.000000",
+        ],
+        &[],
+        &["receive", "-s", &format!("{R}/wp")],
+    );
+    assert_eq!(
+        err(&ro),
+        format!("cannot receive incremental stream: most recent snapshot of {R}/wp does not\nmatch incremental source\n")
+    );
+    // -I brings the intermediates
+    let (_, ro) = s.pipe(
+        &[
+            "send",
+            "-I",
+            "@s1",
+            "mainpool/qubes/work/private@qubes:stop:1700000000.000000",
+        ],
+        &[],
+        &["receive", "-s", &format!("{R}/wp")],
+    );
+    assert!(ro.status.success(), "{}", err(&ro));
+    let o = s.zfs(
+        "backups-disp",
+        &[
+            "list",
+            "-H",
+            "-o",
+            "name",
+            "-t",
+            "snapshot",
+            &format!("{R}/wp"),
+        ],
+    );
+    assert_eq!(out(&o).lines().count(), 3);
+    // a clone stream finds its origin by guid, or takes -o origin=
+    let (_, ro) = s.pipe(
+        &[
+            "send",
+            "-i",
+            "mainpool/qubes/work/private@s1",
+            "mainpool/qubes/work-clone/private@c1",
+        ],
+        &[],
+        &["receive", "-s", &format!("{R}/wc")],
+    );
+    assert!(ro.status.success(), "{}", err(&ro));
+    let o = s.zfs(
+        "backups-disp",
+        &["list", "-H", "-o", "origin", &format!("{R}/wc")],
+    );
+    assert_eq!(out(&o), format!("{R}/wp@s1\n"));
+}
+
+#[test]
+fn truncated_stream_leaves_token_then_resume_completes() {
+    let s = Sys::new("reference-system");
+    let d = format!("{R}/dom0");
+    let (so, ro) = s.pipe(
+        &["send", "mainpool/dom0@b1"],
+        &[("QZB_FAKE_SEND_DIE_AFTER", "100000")],
+        &["receive", "-s", &d],
+    );
+    assert_eq!(so.status.code(), Some(1));
+    assert_eq!(
+        err(&so),
+        "warning: cannot send 'mainpool/dom0@b1': Input/output error\n"
+    );
+    assert_eq!(ro.status.code(), Some(1));
+    let tok = out(&s.zfs(
+        "backups-disp",
+        &["get", "-H", "-o", "value", "receive_resume_token", &d],
+    ))
+    .trim()
+    .to_string();
+    assert!(
+        tok.starts_with("1-") && tok.split('-').nth(3).unwrap().starts_with("789c"),
+        "{tok}"
+    );
+    assert_eq!(
+        err(&ro),
+        format!("cannot receive new filesystem stream: checksum mismatch or incomplete stream.\nPartially received snapshot is saved.\nA resuming stream can be generated on the sending system by running:\n    zfs send -t {tok}\n")
+    );
+    // a second plain receive into partial state
+    let (_, ro) = s.pipe(
+        &["send", "mainpool/dom0@b1"],
+        &[],
+        &["receive", "-s", "-F", &d],
+    );
+    assert_eq!(
+        err(&ro),
+        format!("cannot receive new filesystem stream: destination {d} contains partially-complete state from \"zfs receive -s\".\n")
+    );
+    // resume dry run: nvlist then the remaining size
+    let o = s.zfs("dom0", &["send", "-nvP", "-t", &tok]);
+    let t = out(&o);
+    assert!(
+        t.starts_with("resume token contents:\nnvlist version: 0\n\tobject = 0x1\n\toffset = 0x"),
+        "{t}"
+    );
+    assert!(t.contains("\ttoname = mainpool/dom0@b1\n"));
+    let rest = t
+        .lines()
+        .next_back()
+        .unwrap()
+        .strip_prefix("size\t")
+        .unwrap()
+        .parse::<u64>()
+        .unwrap();
+    assert!(rest > 200_000 && rest < 307_200, "{rest}");
+    assert!(t.contains(&format!("full\tmainpool/dom0@b1\t{rest}\n")));
+    // resume stream that does not match the partial state (ZFS 2.1's misleading message)
+    let (_, ro) = s.pipe(&["send", "-t", &tok], &[], &["receive", "-s", R]);
+    assert_eq!(ro.status.code(), Some(1));
+    let (_, ro) = s.pipe(&["send", "-t", &tok], &[], &["receive", "-s", &d]);
+    assert!(ro.status.success(), "{}", err(&ro));
+    let o = s.zfs(
+        "backups-disp",
+        &[
+            "list",
+            "-H",
+            "-o",
+            "name,receive_resume_token",
+            "-t",
+            "all",
+            "-r",
+            &d,
+        ],
+    );
+    assert_eq!(out(&o), format!("{d}\t-\n{d}@b1\t-\n"));
+    let src = out(&s.zfs(
+        "dom0",
+        &["get", "-H", "-p", "-o", "value", "guid", "mainpool/dom0@b1"],
+    ));
+    let dst = out(&s.zfs(
+        "backups-disp",
+        &["get", "-H", "-p", "-o", "value", "guid", &format!("{d}@b1")],
+    ));
+    assert_eq!(src, dst);
+}
+
+#[test]
+fn stale_resume_token_and_abort() {
+    let s = Sys::new("reference-system");
+    let d = format!("{R}/dom0");
+    assert!(s
+        .pipe(&["send", "mainpool/dom0@b1"], &[], &["receive", "-s", &d])
+        .1
+        .status
+        .success());
+    let (_, ro) = s.pipe(
+        &["send", "-i", "@b1", "mainpool/dom0@b2"],
+        &[("QZB_FAKE_SEND_DIE_AFTER", "5000")],
+        &["receive", "-s", &d],
+    );
+    assert!(err(&ro).starts_with(
+        "cannot receive incremental stream: checksum mismatch or incomplete stream.\n"
+    ));
+    let tok1 = out(&s.zfs(
+        "backups-disp",
+        &["get", "-H", "-o", "value", "receive_resume_token", &d],
+    ))
+    .trim()
+    .to_string();
+    // discard and make a different partial; the old token no longer matches
+    assert!(s
+        .zfs("backups-disp", &["receive", "-A", &d])
+        .status
+        .success());
+    let o = s.zfs("backups-disp", &["receive", "-A", &d]);
+    assert_eq!(
+        err(&o),
+        format!("'{d}' does not have any resumable receive state to abort\n")
+    );
+    let (_, ro) = s.pipe(
+        &["send", "-i", "@b1", "mainpool/dom0@b2"],
+        &[("QZB_FAKE_SEND_DIE_AFTER", "9000")],
+        &["receive", "-s", &d],
+    );
+    assert_eq!(ro.status.code(), Some(1));
+    let (_, ro) = s.pipe(&["send", "-t", &tok1], &[], &["receive", "-s", &d]);
+    assert_eq!(
+        err(&ro),
+        "cannot receive resume stream: kernel modules must be upgraded to receive this stream.\n"
+    );
+    // an aborted partial full receive removes the dataset
+    let n = format!("{R}/shared");
+    let _ = s.pipe(
+        &["send", "mainpool/shared@b1"],
+        &[("QZB_FAKE_SEND_DIE_AFTER", "3000")],
+        &["receive", "-s", &n],
+    );
+    assert_eq!(
+        s.zfs("backups-disp", &["list", "-H", "-o", "name", &n])
+            .status
+            .code(),
+        Some(0)
+    );
+    assert!(s
+        .zfs("backups-disp", &["receive", "-A", &n])
+        .status
+        .success());
+    assert_eq!(
+        s.zfs("backups-disp", &["list", "-H", "-o", "name", &n])
+            .status
+            .code(),
+        Some(1)
+    );
+}
+
+#[test]
+fn corrupted_stream_is_detected() {
+    let s = Sys::new("reference-system");
+    let mut send = s
+        .cmd("dom0", "zfs", &["send", "mainpool/dom0@b1"])
+        .output()
+        .unwrap()
+        .stdout;
+    let n = send.len();
+    send[n / 2] ^= 0xff;
+    let mut r = s
+        .cmd("backups-disp", "zfs", &["receive", &format!("{R}/x")])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _ = r.stdin.take().unwrap().write_all(&send); // the receiver may stop reading early
+    let o = r.wait_with_output().unwrap();
+    assert_eq!(
+        err(&o),
+        "cannot receive new filesystem stream: checksum mismatch or incomplete stream\n"
+    );
+    let o = s
+        .cmd("backups-disp", "zfs", &["receive", &format!("{R}/x")])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(err(&o), "cannot receive: failed to read from stream\n");
+}
+
+#[test]
+fn qubesd_query_replies() {
+    let s = Sys::new("reference-system");
+    let o = s.run("qubesd-query", &["-e", "dom0", "admin.vm.List", "dom0"]);
+    let t = out(&o);
+    assert!(t.starts_with("0\0backups-disp class=DispVM state=Running\ndev class=AppVM state=Halted\ndisp1234 class=DispVM state=Running\ndom0 class=AdminVM state=Running\n"), "{t:?}");
+    let o = s.run("qubesd-query", &["-e", "dom0", "admin.pool.List", "dom0"]);
+    assert_eq!(out(&o), "0\0linux-kernel\nvarlibqubes\nzfs-aux\nzfs-main\n");
+    let o = s.run(
+        "qubesd-query",
+        &["-e", "dom0", "admin.pool.Info", "dom0", "zfs-aux"],
+    );
+    assert_eq!(out(&o), "0\0container=auxpool/qubes\ndriver=zfs\nephemeral_volatile=False\nname=zfs-aux\nrevisions_to_keep=1\nsnap_on_start_forensics=False\nsize=1000204886016\nusage=214748364800\n");
+    let o = s.run(
+        "qubesd-query",
+        &["-e", "dom0", "admin.vm.volume.List", "games"],
+    );
+    assert_eq!(out(&o), "0\0root\nprivate\nvolatile\nkernel\n");
+    let o = s.run(
+        "qubesd-query",
+        &["-e", "dom0", "admin.vm.volume.Info", "games", "private"],
+    );
+    assert_eq!(out(&o), "0\0pool=zfs-aux\nvid=auxpool/qubes/games/private\nsize=53687091200\nusage=7669584457\nrw=True\nsource=\npath=/dev/zvol/auxpool/qubes/games/private\nsave_on_stop=True\nsnap_on_start=False\nrevisions_to_keep=1\nephemeral=False\nis_outdated=False\n");
+    // send_exception: b'2\x00' + type + b'\x00' + traceback(empty) + b'\x00' + message + b'\x00'
+    let o = s.run(
+        "qubesd-query",
+        &["-e", "dom0", "admin.vm.volume.List", "nope"],
+    );
+    assert_eq!(
+        out(&o),
+        "2\0QubesVMNotFoundError\0\0No such domain: 'nope'\0"
+    );
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(
+        s.run(
+            "qubesd-query",
+            &["--fail", "-e", "dom0", "admin.vm.volume.List", "nope"]
+        )
+        .status
+        .code(),
+        Some(2)
+    );
+    assert_eq!(
+        s.run("qubesd-query", &["-e", "dom0", "admin.vm.Kill", "work"])
+            .status
+            .code(),
+        Some(2)
+    );
+}
+
+#[test]
+fn xl_list_long_is_json_with_disks() {
+    let s = Sys::new("reference-system");
+    let o = s.run("xl", &["list", "-l"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let doms = v.as_array().unwrap();
+    assert_eq!(doms[0]["domid"], 0);
+    assert_eq!(doms[0]["config"]["c_info"]["name"], "Domain-0");
+    let d = doms
+        .iter()
+        .find(|d| d["config"]["c_info"]["name"] == "disp1234")
+        .unwrap();
+    let disks = d["config"]["disks"].as_array().unwrap();
+    assert_eq!(
+        disks[0]["pdev_path"],
+        "/dev/zvol/mainpool/qubes/disp1234/private"
+    );
+    assert_eq!(disks[0]["readwrite"], 1);
+    assert_eq!(
+        disks[1]["pdev_path"],
+        "/dev/zvol/mainpool/qubes/fedora-41/root"
+    );
+    assert!(
+        disks[1].get("readwrite").is_none(),
+        "libxl omits readwrite=0"
+    );
+    assert!(
+        doms.iter()
+            .all(|d| d["config"]["c_info"]["name"] != "vault"),
+        "halted qubes are not listed"
+    );
+    assert_eq!(s.run("xl", &["list"]).status.code(), Some(2));
+}
+
+#[test]
+fn qrexec_client_execs_agent_with_env_and_binary_stdio() {
+    let s = Sys::new("reference-system");
+    let agent = s.dir.join("agent.sh");
+    std::fs::write(
+        &agent,
+        "#!/bin/sh\necho \"$QREXEC_REMOTE_DOMAIN $QREXEC_SERVICE_FULL_NAME ${QREXEC_SERVICE_ARGUMENT-unset} $QZB_FAKE_HOST\" >&2\nexec cat\n",
+    )
+    .unwrap();
+    Command::new("chmod")
+        .arg("+x")
+        .arg(&agent)
+        .status()
+        .unwrap();
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    let mut c = s.cmd(
+        "dom0",
+        "qrexec-client",
+        &[
+            "-d",
+            "backups-disp",
+            "root:QUBESRPC zfsbackup.Receive+x dom0",
+        ],
+    );
+    c.env("QZB_FAKE_AGENT", &agent)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut ch = c.spawn().unwrap();
+    let mut sin = ch.stdin.take().unwrap();
+    let d2 = data.clone();
+    let w = std::thread::spawn(move || sin.write_all(&d2).unwrap());
+    let o = ch.wait_with_output().unwrap();
+    w.join().unwrap();
+    assert!(o.status.success());
+    assert_eq!(o.stdout, data);
+    assert_eq!(err(&o), "dom0 zfsbackup.Receive x backups-disp\n");
+    // cut after N bytes towards the service
+    let mut c = s.cmd(
+        "dom0",
+        "qrexec-client",
+        &[
+            "-d",
+            "backups-disp",
+            "DEFAULT:QUBESRPC zfsbackup.Receive dom0",
+        ],
+    );
+    c.env("QZB_FAKE_AGENT", &agent)
+        .env("QZB_FAKE_QREXEC_CUT_TO_SERVICE", "1000");
+    let o = c
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut o = o;
+    let mut sin = o.stdin.take().unwrap();
+    let d2 = data.clone();
+    let w = std::thread::spawn(move || {
+        let _ = sin.write_all(&d2);
+    });
+    let o = o.wait_with_output().unwrap();
+    drop(w);
+    assert!(o.stdout.len() <= 1000);
+    assert_ne!(o.status.code(), Some(0));
+    // not running / refused
+    let o = s.run(
+        "qrexec-client",
+        &["-d", "vault", "root:QUBESRPC zfsbackup.Receive dom0"],
+    );
+    assert_eq!(o.status.code(), Some(125));
+    let o = s
+        .cmd(
+            "dom0",
+            "qrexec-client",
+            &["-d", "backups-disp", "root:QUBESRPC zfsbackup.Receive dom0"],
+        )
+        .env("QZB_FAKE_QREXEC_REFUSE", "1")
+        .output()
+        .unwrap();
+    assert_eq!(
+        (o.status.code(), err(&o).as_str()),
+        (Some(126), "Request refused\n")
+    );
+}
+
+#[test]
+fn policy_exec_just_evaluate() {
+    let s = Sys::new("reference-system");
+    assert_eq!(
+        s.run(
+            "qrexec-policy-exec",
+            &[
+                "--just-evaluate",
+                "dom0",
+                "backups-disp",
+                "zfsbackup.Receive"
+            ]
+        )
+        .status
+        .code(),
+        Some(0)
+    );
+    assert_eq!(
+        s.run(
+            "qrexec-policy-exec",
+            &[
+                "--just-evaluate",
+                "work",
+                "backups-disp",
+                "zfsbackup.Receive"
+            ]
+        )
+        .status
+        .code(),
+        Some(1)
+    );
+    assert_eq!(
+        s.run(
+            "qrexec-policy-exec",
+            &["dom0", "backups-disp", "zfsbackup.Receive"]
+        )
+        .status
+        .code(),
+        Some(2)
+    );
+}
+
+#[test]
+fn call_log_and_unsupported() {
+    let s = Sys::new("demo-system");
+    let o = s.zfs("dom0", &["list", "-H", "-o", "name", "mainpool/dom0"]);
+    assert_eq!(out(&o), "mainpool/dom0\n");
+    let o = s.zfs("backups-disp", &["frobnicate", "-x"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(err(&o), "qzb-fake zfs: unsupported: zfs frobnicate -x\n");
+    assert_eq!(
+        s.zfs("dom0", &["list", "-H", "-o", "compressratio"])
+            .status
+            .code(),
+        Some(2)
+    );
+    let log = std::fs::read_to_string(s.dir.join("state/calls.log")).unwrap();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["host"], "dom0");
+    assert_eq!(
+        lines[0]["argv"],
+        serde_json::json!(["zfs", "list", "-H", "-o", "name", "mainpool/dom0"])
+    );
+    assert_eq!(lines[1]["host"], "backups-disp");
+    assert!(lines[0]["cwd"].is_string());
+}
+
+#[test]
+fn demo_system_matches_the_example_config() {
+    let s = Sys::new("demo-system");
+    let o = s.run("qubesd-query", &["-e", "dom0", "admin.vm.List", "dom0"]);
+    let t = out(&o);
+    for q in [
+        "social",
+        "personal-email",
+        "financial-accts",
+        "vault",
+        "work",
+        "work-email",
+        "video-editing",
+        "fedora-41-xfce",
+        "fedora-41-minimal",
+        "debian-12-xfce",
+        "default-dvm",
+        "default-mgmt-dvm",
+        "sys-firewall",
+        "sys-net",
+        "sys-usb",
+        "disp1234",
+        "backups-disp",
+    ] {
+        assert!(
+            t.contains(&format!("\n{q} class=")) || t.starts_with(&format!("0\0{q} class=")),
+            "{q}"
+        );
+    }
+    let o = s.zfs(
+        "dom0",
+        &[
+            "list",
+            "-H",
+            "-o",
+            "name,origin",
+            "mainpool/qubes/work/root",
+        ],
+    );
+    assert!(out(&o)
+        .starts_with("mainpool/qubes/work/root\tmainpool/qubes/fedora-41-xfce/root@qubes-clean-"));
+    // concurrent writers do not lose updates
+    let hs: Vec<_> = (0..8)
+        .map(|i| {
+            let mut c = s.cmd("dom0", "zfs", &["snapshot", &format!("mainpool/dom0@c{i}")]);
+            std::thread::spawn(move || c.status().unwrap().success())
+        })
+        .collect();
+    assert!(hs.into_iter().all(|h| h.join().unwrap()));
+    let o = s.zfs(
+        "dom0",
+        &[
+            "list",
+            "-H",
+            "-o",
+            "name",
+            "-t",
+            "snapshot",
+            "mainpool/dom0",
+        ],
+    );
+    assert_eq!(out(&o).lines().count(), 9);
+}
