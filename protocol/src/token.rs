@@ -941,7 +941,7 @@ mod tests {
             let mut bytes = base.clone().into_bytes();
             let at = (rng.next() as usize) % bytes.len();
             bytes[at] = alphabet[(rng.next() as usize) % alphabet.len()];
-            if rng.next() % 4 == 0 {
+            if rng.next() & 3 == 0 {
                 bytes.truncate((rng.next() as usize) % bytes.len());
             }
             if let Ok(text) = String::from_utf8(bytes) {

@@ -1,2 +1,15 @@
 //! The receiver agent: serves one qrexec call from dom0.
+//!
+//! [`serve`] runs a session over any reader/writer pair; `main` binds it to stdin/stdout.
+//! All `zfs` access goes through the [`Zfs`] trait: [`SystemZfs`] runs the real command,
+//! [`memory::MemoryZfs`] keeps everything in memory for tests.
 #![forbid(unsafe_code)]
+
+pub mod classify;
+pub mod memory;
+mod serve;
+pub mod zfs;
+
+pub use classify::classify_zfs_stderr;
+pub use serve::{serve, AgentError, Config, DEFAULT_LOCK_PATH};
+pub use zfs::{receive_argv, ReceiveArgs, ReceiveExit, ReceiveProcess, SystemZfs, Zfs, ZfsError};

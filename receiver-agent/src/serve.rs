@@ -1,0 +1,579 @@
+//! One session with the dom0 driver: hello, then requests until the driver closes its side.
+//! Knows nothing about processes; `zfs` is behind the [`Zfs`] trait.
+
+use std::fmt;
+use std::fs::{File, TryLockError};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use qzb_protocol::{
+    decode_resume_token, expect_hello, read_frame, read_request, send_hello, truncate_text,
+    write_reply, AbortRequest, ErrorClass, ErrorReply, FrameKind, InventoryRequest, ProtocolError,
+    ReceiveFailure, ReceiveMode, ReceiveRequest, ReceiveResult, Reply, Request, Role,
+    StreamVerifier, DATA_PREFIX_LEN, MAX_MESSAGE_LEN, MAX_ZFS_STDERR_LEN,
+};
+
+use crate::classify::classify_zfs_stderr;
+use crate::zfs::{ReceiveArgs, ReceiveProcess, Zfs, ZfsError};
+
+/// Where the receive lock lives by default.
+pub const DEFAULT_LOCK_PATH: &str = "/run/qubes-zfs-backup/receive.lock";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Exclusive lock held during a receive or abort: one at a time per qube.
+    pub lock_path: PathBuf,
+    /// How long to wait for another receive to finish before refusing with `Busy`.
+    pub lock_wait: Duration,
+    /// Pass `-o` options on resume streams too (see `zfs::receive_argv`).
+    pub properties_on_resume: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            lock_path: PathBuf::from(DEFAULT_LOCK_PATH),
+            lock_wait: Duration::from_secs(30),
+            properties_on_resume: true,
+        }
+    }
+}
+
+/// Why a session ended badly. `Display` is the message for the log.
+#[derive(Debug)]
+pub enum AgentError {
+    /// The hello exchange or the stream of requests broke.
+    Protocol(ProtocolError),
+    /// A receive failed after streaming began (reported to the driver if it was still there).
+    ReceiveFailed { class: ErrorClass, message: String },
+}
+
+impl fmt::Display for AgentError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AgentError::Protocol(e) => write!(f, "{e}"),
+            AgentError::ReceiveFailed { class, message } => {
+                write!(f, "receive failed ({class}): {message}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for AgentError {}
+
+impl From<ProtocolError> for AgentError {
+    fn from(e: ProtocolError) -> Self {
+        AgentError::Protocol(e)
+    }
+}
+
+fn failure(class: ErrorClass, message: impl AsRef<str>) -> ReceiveFailure {
+    ReceiveFailure {
+        class,
+        message: truncate_text(message.as_ref(), MAX_MESSAGE_LEN),
+        zfs_stderr: String::new(),
+        resume_token: None,
+    }
+}
+
+fn error_reply(class: ErrorClass, message: impl AsRef<str>) -> Reply {
+    Reply::Error(ErrorReply {
+        class,
+        message: truncate_text(message.as_ref(), MAX_MESSAGE_LEN),
+    })
+}
+
+fn zfs_failure(context: &str, e: &ZfsError) -> ReceiveFailure {
+    ReceiveFailure {
+        class: classify_zfs_stderr(&e.stderr),
+        message: truncate_text(&format!("{context}: {e}"), MAX_MESSAGE_LEN),
+        zfs_stderr: truncate_text(&e.stderr, MAX_ZFS_STDERR_LEN),
+        resume_token: None,
+    }
+}
+
+/// Serves one qrexec call. Returns `Ok` when the driver ended the session cleanly.
+pub fn serve<R: Read, W: Write>(
+    config: &Config,
+    zfs: &dyn Zfs,
+    mut reader: R,
+    mut writer: W,
+) -> Result<(), AgentError> {
+    send_hello(&mut writer, Role::Receiver)?;
+    expect_hello(&mut reader, Role::Driver)?;
+    let mut buf = Vec::new();
+    loop {
+        let request = match read_request(&mut reader, &mut buf) {
+            Ok(None) => return Ok(()),
+            Ok(Some(request)) => request,
+            // The frame was read whole, so the session is still in step: refuse and go on.
+            Err(e @ (ProtocolError::Decode(_) | ProtocolError::InvalidMessage(_))) => {
+                write_reply(
+                    &mut writer,
+                    &error_reply(ErrorClass::InvalidRequest, e.to_string()),
+                )?;
+                continue;
+            }
+            Err(e) => {
+                // Best effort: the peer may be gone already.
+                let _ = write_reply(
+                    &mut writer,
+                    &error_reply(ErrorClass::ProtocolViolation, e.to_string()),
+                );
+                return Err(e.into());
+            }
+        };
+        match request {
+            Request::Inventory(req) => write_reply(&mut writer, &inventory(zfs, &req))?,
+            Request::Abort(req) => write_reply(&mut writer, &abort(config, zfs, &req))?,
+            Request::Receive(req) => {
+                receive(config, zfs, &req, &mut reader, &mut writer, &mut buf)?;
+            }
+        }
+    }
+}
+
+fn inventory(zfs: &dyn Zfs, req: &InventoryRequest) -> Reply {
+    match zfs.dataset_exists(&req.root) {
+        Ok(true) => {}
+        Ok(false) => {
+            return error_reply(
+                ErrorClass::NotFound,
+                format!("receiver root {} does not exist", req.root),
+            )
+        }
+        Err(e) => return error_reply(ErrorClass::ZfsOther, e.to_string()),
+    }
+    match zfs.inventory(&req.root) {
+        Ok(inv) => {
+            let reply = Reply::Inventory(inv);
+            match reply.validate() {
+                Ok(()) => reply,
+                Err(e) => error_reply(ErrorClass::Internal, format!("inventory unusable: {e}")),
+            }
+        }
+        Err(e) => error_reply(classify_zfs_stderr(&e.stderr), e.to_string()),
+    }
+}
+
+/// Holds the receive lock until dropped.
+struct ReceiveLock(#[allow(dead_code)] File);
+
+fn acquire_lock(config: &Config) -> Result<ReceiveLock, ReceiveFailure> {
+    let internal = |e: std::io::Error| {
+        failure(
+            ErrorClass::Internal,
+            format!("cannot open lock file {}: {e}", config.lock_path.display()),
+        )
+    };
+    if let Some(dir) = config.lock_path.parent() {
+        std::fs::create_dir_all(dir).map_err(internal)?;
+    }
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&config.lock_path)
+        .map_err(internal)?;
+    let deadline = Instant::now() + config.lock_wait;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(ReceiveLock(file)),
+            Err(TryLockError::WouldBlock) => {
+                let now = Instant::now();
+                if now >= deadline {
+                    return Err(failure(
+                        ErrorClass::Busy,
+                        format!(
+                            "another receive is still running in this qube (waited {:?} for {}); \
+                             try again when it has finished",
+                            config.lock_wait,
+                            config.lock_path.display()
+                        ),
+                    ));
+                }
+                thread::sleep((deadline - now).min(Duration::from_millis(50)));
+            }
+            Err(TryLockError::Error(e)) => return Err(internal(e)),
+        }
+    }
+}
+
+fn abort(config: &Config, zfs: &dyn Zfs, req: &AbortRequest) -> Reply {
+    let _lock = match acquire_lock(config) {
+        Ok(lock) => lock,
+        Err(f) => return error_reply(f.class, f.message),
+    };
+    match zfs.resume_token(&req.dataset) {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            return error_reply(
+                ErrorClass::NotFound,
+                format!("{} has no partial receive state to abort", req.dataset),
+            )
+        }
+        Err(e) => return error_reply(classify_zfs_stderr(&e.stderr), e.to_string()),
+    }
+    match zfs.abort_receive(&req.dataset) {
+        Ok(()) => Reply::Aborted {
+            dataset: req.dataset.clone(),
+        },
+        Err(e) => error_reply(classify_zfs_stderr(&e.stderr), e.to_string()),
+    }
+}
+
+/// Checks everything that can be checked before `zfs receive` starts, so the common mistakes
+/// get a precise answer instead of a libzfs message.
+fn precheck(zfs: &dyn Zfs, req: &ReceiveRequest) -> Result<(), ReceiveFailure> {
+    let zfs_err = |e: ZfsError| zfs_failure("checking the receiver", &e);
+    if !zfs.dataset_exists(&req.root).map_err(zfs_err)? {
+        return Err(failure(
+            ErrorClass::NotFound,
+            format!("receiver root {} does not exist", req.root),
+        ));
+    }
+    if let Some(guid) = zfs.snapshot_guid(&req.snapshot).map_err(zfs_err)? {
+        return Err(failure(
+            ErrorClass::DestinationExists,
+            format!(
+                "{} already exists on the receiver (guid {guid})",
+                req.snapshot
+            ),
+        ));
+    }
+    let creates_new_dataset = matches!(req.mode, ReceiveMode::Full) || req.origin.is_some();
+    if creates_new_dataset && zfs.dataset_exists(&req.destination).map_err(zfs_err)? {
+        let partial = zfs.resume_token(&req.destination).map_err(zfs_err)?;
+        return Err(match partial {
+            Some(token) => ReceiveFailure {
+                resume_token: Some(token),
+                ..failure(
+                    ErrorClass::PartialStatePresent,
+                    format!(
+                        "{} holds partial state of an interrupted receive: resume or abort it",
+                        req.destination
+                    ),
+                )
+            },
+            None => failure(
+                ErrorClass::DestinationExists,
+                format!("{} already exists on the receiver", req.destination),
+            ),
+        });
+    }
+    if let ReceiveMode::Incremental { from, from_guid } = &req.mode {
+        match zfs.snapshot_guid(from).map_err(zfs_err)? {
+            None => {
+                return Err(failure(
+                    ErrorClass::IncrementalSourceMismatch,
+                    format!("incremental source {from} does not exist on the receiver"),
+                ))
+            }
+            Some(guid) if guid != *from_guid => {
+                return Err(failure(
+                    ErrorClass::IncrementalSourceMismatch,
+                    format!(
+                        "incremental source {from} has guid {guid} on the receiver, expected {from_guid}"
+                    ),
+                ))
+            }
+            Some(_) => {}
+        }
+        if req.origin.is_none() {
+            let inv = zfs.inventory(&req.destination).map_err(zfs_err)?;
+            let dest = inv.datasets.iter().find(|d| d.name == req.destination);
+            if let Some(token) = dest.and_then(|d| d.receive_resume_token.clone()) {
+                return Err(ReceiveFailure {
+                    resume_token: Some(token),
+                    ..failure(
+                        ErrorClass::PartialStatePresent,
+                        format!(
+                            "{} holds partial state of an interrupted receive: resume or abort it",
+                            req.destination
+                        ),
+                    )
+                });
+            }
+            let newest = dest.and_then(|d| d.snapshots.last());
+            if let Some(newest) = newest.filter(|s| s.name != *from) {
+                return Err(failure(
+                    ErrorClass::DestinationExists,
+                    format!(
+                        "newer snapshots exist on the receiver after {from} (newest: {})",
+                        newest.name
+                    ),
+                ));
+            }
+        }
+    }
+    if let ReceiveMode::Resume { token } = &req.mode {
+        let current = zfs.resume_token(&req.destination).map_err(zfs_err)?;
+        match current {
+            None => {
+                return Err(failure(
+                    ErrorClass::ResumeTokenMismatch,
+                    format!("{} has no partial receive state to resume", req.destination),
+                ))
+            }
+            Some(current) if current != *token => {
+                return Err(ReceiveFailure {
+                    resume_token: Some(current),
+                    ..failure(
+                        ErrorClass::ResumeTokenMismatch,
+                        format!(
+                            "{} holds a different resume token than the one sent",
+                            req.destination
+                        ),
+                    )
+                })
+            }
+            Some(_) => {}
+        }
+        match decode_resume_token(token) {
+            Ok(decoded) if decoded.toguid == req.guid => {}
+            Ok(decoded) => {
+                return Err(failure(
+                    ErrorClass::ResumeTokenMismatch,
+                    format!(
+                        "resume token continues guid {}, request expects guid {}",
+                        decoded.toguid, req.guid
+                    ),
+                ))
+            }
+            Err(e) => return Err(failure(ErrorClass::ResumeTokenMismatch, e.to_string())),
+        }
+    }
+    Ok(())
+}
+
+/// Creates the datasets between the root and the destination that do not exist yet, one level
+/// at a time, unmountable and unmounted. (`zfs create -p` would mount the ancestors it
+/// creates and ignore `-o` for them.)
+fn create_parents(zfs: &dyn Zfs, req: &ReceiveRequest) -> Result<(), ReceiveFailure> {
+    let parents = req
+        .destination
+        .intermediates_below(&req.root)
+        .unwrap_or_default();
+    for parent in parents {
+        let exists = zfs
+            .dataset_exists(&parent)
+            .map_err(|e| zfs_failure("checking parent", &e))?;
+        if !exists {
+            zfs.create_unmountable(&parent)
+                .map_err(|e| zfs_failure(&format!("creating parent {parent}"), &e))?;
+        }
+    }
+    Ok(())
+}
+
+/// How feeding the stream ended.
+enum Fed {
+    /// End frame verified and every byte written.
+    Complete { bytes: u64 },
+    /// We stopped: the stream failed a check, or the caller went away.
+    Stopped { class: ErrorClass, message: String },
+    /// `zfs receive` stopped reading (it exited); its stderr says why.
+    ZfsStopped { message: String },
+}
+
+fn stream_error_class(e: &ProtocolError) -> ErrorClass {
+    match e {
+        ProtocolError::Io(_) | ProtocolError::Truncated { .. } => ErrorClass::StreamInterrupted,
+        ProtocolError::UnexpectedFrame { .. } => ErrorClass::ProtocolViolation,
+        _ => ErrorClass::StreamCorrupt,
+    }
+}
+
+/// Feeds verified data to `zfs receive`. The most recent verified data frame is held back
+/// until the next frame arrives and the last one is written only after the end frame
+/// verified, so `zfs receive` never reads the stream's final record (which commits the
+/// snapshot) before the whole stream checked out.
+fn feed<R: Read>(reader: &mut R, process: &mut dyn ReceiveProcess, buf: &mut Vec<u8>) -> Fed {
+    let mut verifier = StreamVerifier::new();
+    let mut held: Vec<u8> = Vec::new();
+    let mut holding = false;
+    loop {
+        let kind = match read_frame(reader, buf) {
+            Ok(Some(kind)) => kind,
+            Ok(None) => {
+                return Fed::Stopped {
+                    class: ErrorClass::StreamInterrupted,
+                    message: format!(
+                        "the caller closed the stream before the end frame, after {} bytes",
+                        verifier.bytes()
+                    ),
+                }
+            }
+            Err(e) => {
+                return Fed::Stopped {
+                    class: stream_error_class(&e),
+                    message: format!("{e} (after {} verified bytes)", verifier.bytes()),
+                }
+            }
+        };
+        match kind {
+            FrameKind::Data => {
+                if let Err(e) = verifier.verify_data(buf) {
+                    return Fed::Stopped {
+                        class: stream_error_class(&e),
+                        message: e.to_string(),
+                    };
+                }
+                if holding {
+                    if let Err(e) = process.stdin().write_all(&held[DATA_PREFIX_LEN..]) {
+                        return Fed::ZfsStopped {
+                            message: format!("zfs receive stopped reading: {e}"),
+                        };
+                    }
+                }
+                std::mem::swap(&mut held, buf);
+                holding = true;
+            }
+            FrameKind::End => {
+                if let Err(e) = verifier.verify_end(buf) {
+                    return Fed::Stopped {
+                        class: stream_error_class(&e),
+                        message: e.to_string(),
+                    };
+                }
+                if holding {
+                    if let Err(e) = process.stdin().write_all(&held[DATA_PREFIX_LEN..]) {
+                        return Fed::ZfsStopped {
+                            message: format!("zfs receive stopped reading: {e}"),
+                        };
+                    }
+                }
+                if let Err(e) = process.stdin().flush() {
+                    return Fed::ZfsStopped {
+                        message: format!("zfs receive stopped reading: {e}"),
+                    };
+                }
+                return Fed::Complete {
+                    bytes: verifier.bytes(),
+                };
+            }
+            other => {
+                return Fed::Stopped {
+                    class: ErrorClass::ProtocolViolation,
+                    message: format!("unexpected {other:?} frame inside a data stream"),
+                }
+            }
+        }
+    }
+}
+
+/// Handles a receive request. Refusals before `ReceiveReady` leave the session usable; a
+/// failure after it ends the session with `AgentError::ReceiveFailed`.
+fn receive<R: Read, W: Write>(
+    config: &Config,
+    zfs: &dyn Zfs,
+    req: &ReceiveRequest,
+    reader: &mut R,
+    writer: &mut W,
+    buf: &mut Vec<u8>,
+) -> Result<(), AgentError> {
+    let lock = match acquire_lock(config) {
+        Ok(lock) => lock,
+        Err(f) => {
+            write_reply(writer, &Reply::Receive(ReceiveResult::Err(f)))?;
+            return Ok(());
+        }
+    };
+    let started = precheck(zfs, req)
+        .and_then(|()| {
+            if matches!(req.mode, ReceiveMode::Full) || req.origin.is_some() {
+                create_parents(zfs, req)?;
+            }
+            Ok(())
+        })
+        .and_then(|()| {
+            zfs.start_receive(&ReceiveArgs {
+                target: req.snapshot.clone(),
+                kind: req.kind,
+                origin: req.origin.clone(),
+                resuming: matches!(req.mode, ReceiveMode::Resume { .. }),
+                properties_on_resume: config.properties_on_resume,
+            })
+            .map_err(|e| zfs_failure("starting zfs receive", &e))
+        });
+    let mut process = match started {
+        Ok(process) => process,
+        Err(f) => {
+            write_reply(writer, &Reply::Receive(ReceiveResult::Err(f)))?;
+            return Ok(());
+        }
+    };
+    if let Err(e) = write_reply(writer, &Reply::ReceiveReady) {
+        // Nothing was fed: zfs receive sees an empty stream and leaves no new state.
+        let _ = process.finish();
+        return Err(e.into());
+    }
+
+    let fed = feed(reader, process.as_mut(), buf);
+    let exit = process.finish();
+    let result = match fed {
+        Fed::Complete { bytes } if exit.success => match zfs.snapshot_guid(&req.snapshot) {
+            Ok(Some(guid)) if guid == req.guid => ReceiveResult::Ok {
+                snapshot: req.snapshot.clone(),
+                guid,
+                bytes,
+            },
+            Ok(Some(guid)) => ReceiveResult::Err(failure(
+                ErrorClass::GuidMismatch,
+                format!(
+                    "{} was received with guid {guid}, expected {}",
+                    req.snapshot, req.guid
+                ),
+            )),
+            Ok(None) => ReceiveResult::Err(failure(
+                ErrorClass::ZfsOther,
+                format!(
+                    "zfs receive succeeded but {} does not exist afterwards",
+                    req.snapshot
+                ),
+            )),
+            Err(e) => ReceiveResult::Err(zfs_failure("reading the received guid", &e)),
+        },
+        Fed::Complete { .. } | Fed::ZfsStopped { .. } => {
+            let message = match &fed {
+                Fed::ZfsStopped { message } => format!("{message}; zfs receive {}", exit.status),
+                _ => format!("zfs receive {}", exit.status),
+            };
+            ReceiveResult::Err(ReceiveFailure {
+                class: classify_zfs_stderr(&exit.stderr),
+                message: truncate_text(&message, MAX_MESSAGE_LEN),
+                zfs_stderr: truncate_text(&exit.stderr, MAX_ZFS_STDERR_LEN),
+                resume_token: None,
+            })
+        }
+        Fed::Stopped { class, message } => ReceiveResult::Err(ReceiveFailure {
+            class,
+            message: truncate_text(
+                &format!("{message}; stopped feeding zfs receive, partial state kept"),
+                MAX_MESSAGE_LEN,
+            ),
+            zfs_stderr: truncate_text(&exit.stderr, MAX_ZFS_STDERR_LEN),
+            resume_token: None,
+        }),
+    };
+    let result = match result {
+        ok @ ReceiveResult::Ok { .. } => ok,
+        ReceiveResult::Err(mut f) => {
+            f.resume_token = zfs.resume_token(&req.destination).ok().flatten();
+            ReceiveResult::Err(f)
+        }
+    };
+    drop(lock);
+    let reply = Reply::Receive(result.clone());
+    let written = write_reply(writer, &reply);
+    match result {
+        ReceiveResult::Ok { .. } => written.map_err(AgentError::from),
+        ReceiveResult::Err(f) => Err(AgentError::ReceiveFailed {
+            class: f.class,
+            message: f.message,
+        }),
+    }
+}
