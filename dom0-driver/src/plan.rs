@@ -410,7 +410,7 @@ impl<'a> Planner<'a> {
             .map(|(r, _)| r.clone())
             .collect();
         datasets.extend(volumes);
-        if datasets.is_empty() {
+        if datasets.is_empty() && role == Role::Include {
             let why = if qube.class == "DispVM" {
                 "it is a disposable: its volumes are discarded at shutdown".to_owned()
             } else if qube.class == "AdminVM" {
