@@ -225,6 +225,15 @@ fn abort(config: &Config, zfs: &dyn Zfs, req: &AbortRequest) -> Reply {
     }
 }
 
+/// Full and clone streams create the destination; incremental and resume streams need it.
+fn creates_new_dataset(req: &ReceiveRequest) -> bool {
+    match req.mode {
+        ReceiveMode::Full => true,
+        ReceiveMode::Incremental { .. } => req.origin.is_some(),
+        ReceiveMode::Resume { .. } => false,
+    }
+}
+
 /// Checks everything that can be checked before `zfs receive` starts, so the common mistakes
 /// get a precise answer instead of a libzfs message.
 fn precheck(zfs: &dyn Zfs, req: &ReceiveRequest) -> Result<(), ReceiveFailure> {
@@ -244,8 +253,7 @@ fn precheck(zfs: &dyn Zfs, req: &ReceiveRequest) -> Result<(), ReceiveFailure> {
             ),
         ));
     }
-    let creates_new_dataset = matches!(req.mode, ReceiveMode::Full) || req.origin.is_some();
-    if creates_new_dataset && zfs.dataset_exists(&req.destination).map_err(zfs_err)? {
+    if creates_new_dataset(req) && zfs.dataset_exists(&req.destination).map_err(zfs_err)? {
         let partial = zfs.resume_token(&req.destination).map_err(zfs_err)?;
         return Err(match partial {
             Some(token) => ReceiveFailure {
@@ -484,7 +492,7 @@ fn receive<R: Read, W: Write>(
     };
     let started = precheck(zfs, req)
         .and_then(|()| {
-            if matches!(req.mode, ReceiveMode::Full) || req.origin.is_some() {
+            if creates_new_dataset(req) {
                 create_parents(zfs, req)?;
             }
             Ok(())

@@ -542,6 +542,48 @@ fn clone_receive_passes_the_origin() {
 }
 
 #[test]
+fn interrupted_clone_receive_resumes_with_its_origin() {
+    let zfs = zfs_with_root();
+    zfs.add_dataset("bpool/qzb/tpl", DatasetKind::Volume, 9);
+    zfs.add_snapshot("bpool/qzb/tpl", "qzb-1", 0x77);
+    let stream = fake_stream(0xabc, 0x77, &body(5000));
+    let origin = snap("bpool/qzb/tpl@qzb-1");
+    let clone_req = |mode| {
+        let Request::Receive(mut req) = receive_req(mode, 0xabc) else {
+            unreachable!()
+        };
+        req.origin = Some(origin.clone());
+        Request::Receive(req)
+    };
+    let incremental = ReceiveMode::Incremental {
+        from: origin.clone(),
+        from_guid: 0x77,
+    };
+    let first = run(
+        &zfs,
+        &config("clone-resume"),
+        Driver::new()
+            .request(clone_req(incremental))
+            .stream_without_end(&stream[..3000], 1000),
+    );
+    let token = failure_of(&first.replies[1]).resume_token.clone().unwrap();
+    let done = decode_resume_token(&token).unwrap().bytes as usize;
+    assert_eq!(decode_resume_token(&token).unwrap().fromguid, Some(0x77));
+    let second = run(
+        &zfs,
+        &config("clone-resume"),
+        Driver::new()
+            .request(clone_req(ReceiveMode::Resume { token }))
+            .stream(&stream[done..], 1000),
+    );
+    second.result.unwrap();
+    assert!(matches!(
+        second.replies[1],
+        Reply::Receive(ReceiveResult::Ok { guid: 0xabc, .. })
+    ));
+}
+
+#[test]
 fn hostile_names_are_refused_and_the_session_continues() {
     // Abort requests built from raw strings, bypassing the validated types. bincode
     // standard: variant index and string lengths are one-byte varints below 251.
