@@ -34,6 +34,10 @@ pub struct Cli {
     #[arg(short, long, global = true)]
     pub verbose: bool,
 
+    /// Seconds the receiver may stay silent before the call is ended.
+    #[arg(long, global = true, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout: u64,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -76,6 +80,25 @@ pub enum Command {
         name: String,
         #[arg(long)]
         json: bool,
+    },
+    /// Send every target that is not done yet to the receiver qube (resumes interrupted ones).
+    #[command(
+        after_help = "Interrupt at any time (Ctrl-C, or even kill -9): progress is saved after every target, and an\ninterrupted target resumes where it stopped on the next `send`.\n\nExample:\n  qubes-zfs-backup send mybackup1"
+    )]
+    Send { name: String },
+    /// Compare every sent target's snapshot guid on the receiver with the source's.
+    Verify { name: String },
+    /// Discard partial receive state (zfs receive -A) of this backup on the receiver.
+    #[command(
+        after_help = "Example:\n  qubes-zfs-backup abort mybackup1 backuppool/backups/mydesktop/mainpool/qubes/work/private"
+    )]
+    Abort {
+        name: String,
+        /// Only this dataset (its receiver-side or dom0-side name).
+        dataset: Option<String>,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
     },
     /// Show the state of every target of an imported backup.
     Status {
@@ -126,9 +149,38 @@ pub fn run(cli: &Cli, runner: &dyn Runner) -> Result<()> {
         Command::Import { file, replace } => import(&store, runner, file, *replace),
         Command::List { json } => list(&store, *json),
         Command::Snapshot { name } => snapshot(&store, runner, name),
-        Command::Calc { name, json } => calc(&store, runner, name, *json),
+        Command::Calc { name, json } => calc(&store, runner, name, *json, timeout(cli)),
         Command::Status { name, json } => status(&store, name, *json),
+        Command::Send { name } => {
+            let _lock = store.lock(name)?;
+            let mut state = store.load(name)?;
+            let config = state.config()?;
+            let inv = Inventory {
+                zfs: inventory::collect_zfs(runner)?,
+                ..Default::default()
+            };
+            refresh_snapshots(&mut state, &inv)?;
+            store.save(&state)?;
+            let opts = crate::send::SendOptions {
+                timeout: timeout(cli),
+                patching: config.patching,
+            };
+            crate::send::send(&store, &mut state, &inv, &opts)
+        }
+        Command::Verify { name } => {
+            let state = store.load(name)?;
+            crate::send::verify(&state, timeout(cli))
+        }
+        Command::Abort { name, dataset, yes } => {
+            let _lock = store.lock(name)?;
+            let mut state = store.load(name)?;
+            crate::send::abort(&store, &mut state, dataset.as_deref(), *yes, timeout(cli))
+        }
     }
+}
+
+fn timeout(cli: &Cli) -> std::time::Duration {
+    std::time::Duration::from_secs(cli.timeout)
 }
 
 fn read_config(file: &PathBuf) -> Result<String> {
@@ -379,7 +431,13 @@ fn refresh_snapshots(state: &mut BackupState, inv: &Inventory) -> Result<()> {
     Ok(())
 }
 
-fn calc(store: &Store, runner: &dyn Runner, name: &str, json: bool) -> Result<()> {
+fn calc(
+    store: &Store,
+    runner: &dyn Runner,
+    name: &str,
+    json: bool,
+    timeout: std::time::Duration,
+) -> Result<()> {
     let _lock = store.lock(name)?;
     let mut state = store.load(name)?;
     let inv = Inventory {
@@ -420,18 +478,39 @@ fn calc(store: &Store, runner: &dyn Runner, name: &str, json: bool) -> Result<()
         .map(|t| (t.target.clone(), t.size_estimate))
         .collect();
     let total: u64 = rows.iter().filter_map(|(_, s)| *s).sum();
+    // The receiver's side: free space, incremental bases, what is already there.
+    let rx = crate::send::receiver_checks(&state, &inv, total, timeout);
+    let (available, partial) = match &rx {
+        Ok(r) => {
+            warnings.extend(
+                r.warnings
+                    .iter()
+                    .map(|w| Diagnostic::warning("", None, w.clone())),
+            );
+            (Some(r.available), r.partial)
+        }
+        Err(_) => (None, 0),
+    };
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report::calc_json(name, &rows, &warnings, total))
-                .unwrap_or_default()
-        );
-        return Ok(());
+        let mut v = report::calc_json(name, &rows, &warnings, total);
+        v["receiver_available"] = serde_json::json!(available);
+        v["receiver_partial_targets"] = serde_json::json!(partial);
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        print_warnings(name, &warnings);
+        println!("Calculated size of {} objects", rows.len() - missing);
+        print!("{}", report::calc_text(&rows, total));
+        if let Some(a) = available {
+            println!("Available space on receiver: {}", human_bytes(a));
+        }
+        if partial > 0 {
+            println!("{partial} target(s) have resumable partial state on the receiver");
+        }
     }
-    print_warnings(name, &warnings);
-    println!("Calculated size of {} objects", rows.len() - missing);
-    print!("{}", report::calc_text(&rows, total));
-    finished(warnings.len());
+    rx?;
+    if !json {
+        finished(warnings.len());
+    }
     Ok(())
 }
 

@@ -77,7 +77,10 @@ pub fn receive_argv(args: &ReceiveArgs) -> Vec<String> {
             argv.push(format!("origin={origin}"));
         }
     }
-    argv.push(args.target.to_string());
+    // The destination dataset, never `dataset@snap`: zfs refuses a snapshot name for a
+    // multi-snapshot (-I) stream, and the stream names its snapshots itself. The agent checks
+    // the expected snapshot's guid afterwards.
+    argv.push(args.target.dataset_str().to_owned());
     argv
 }
 
@@ -487,18 +490,11 @@ mod tests {
     fn receive_argv_never_mounts_and_tames_each_kind() {
         assert_eq!(
             receive_argv(&args(DatasetKind::Filesystem, false, true)),
-            [
-                "receive",
-                "-s",
-                "-u",
-                "-o",
-                "canmount=noauto",
-                "bpool/r/vm@s2"
-            ]
+            ["receive", "-s", "-u", "-o", "canmount=noauto", "bpool/r/vm"]
         );
         assert_eq!(
             receive_argv(&args(DatasetKind::Volume, false, true)),
-            ["receive", "-s", "-u", "-o", "volmode=none", "bpool/r/vm@s2"]
+            ["receive", "-s", "-u", "-o", "volmode=none", "bpool/r/vm"]
         );
         let clone = ReceiveArgs {
             origin: Some(snap("bpool/r/tpl@s1")),
@@ -514,7 +510,7 @@ mod tests {
                 "volmode=none",
                 "-o",
                 "origin=bpool/r/tpl@s1",
-                "bpool/r/vm@s2"
+                "bpool/r/vm"
             ]
         );
     }
@@ -523,11 +519,11 @@ mod tests {
     fn receive_argv_on_resume_follows_the_configuration() {
         assert_eq!(
             receive_argv(&args(DatasetKind::Volume, true, true)),
-            ["receive", "-s", "-u", "-o", "volmode=none", "bpool/r/vm@s2"]
+            ["receive", "-s", "-u", "-o", "volmode=none", "bpool/r/vm"]
         );
         assert_eq!(
             receive_argv(&args(DatasetKind::Volume, true, false)),
-            ["receive", "-s", "-u", "bpool/r/vm@s2"]
+            ["receive", "-s", "-u", "bpool/r/vm"]
         );
     }
 
