@@ -2,13 +2,15 @@
 #![forbid(unsafe_code)]
 
 mod bench_plan;
+mod bench_stream;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("bench-plan") => bench_plan::run(),
+        Some("bench-stream") => bench_stream::run(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <task>\n\ntasks:\n  bench-plan   check + planning on a synthetic 1,000-qube system (run with --release)");
+            eprintln!("usage: cargo xtask <task>\n\ntasks:\n  bench-plan   check + planning on a synthetic 1,000-qube system (run with --release)\n  bench-stream pipeline throughput vs cat and memory (builds and runs itself in release)");
             std::process::exit(2);
         }
     };

@@ -1,0 +1,815 @@
+//! `cargo xtask bench-stream`: throughput and memory of the send pipeline against a plain
+//! `cat` pipe, with real processes over real pipes.
+//!
+//! ```text
+//! arm "cat": source ──pipe──▶ cat ──pipe──▶ sink
+//! arm "qzb": source ──pipe──▶ framer ══pipes══▶ qubes-zfs-backup-receiver ──pipe──▶ sink
+//! ```
+//!
+//! * **source** (`bench-stream source N`) writes N bytes from one reused 1 MiB buffer of
+//!   pseudo-random bytes (blake3 speed does not depend on content): it stands in for
+//!   `zfs send`.
+//! * **sink** is the same program in both arms: `zfs receive ...` run through a stand-in
+//!   `zfs` (a shell script first on PATH that execs `bench-stream zfs ...`), which drains stdin
+//!   with 1 MiB reads. For the agent, the stand-in also answers the `zfs list` / `zfs get`
+//!   calls the real agent makes (formats of receiver-agent/src/zfs.rs).
+//! * **framer** (`bench-stream frame`) does what the dom0 driver's `send` does, with
+//!   `qzb_protocol` only: spawns the agent (as `qrexec-client` would) with
+//!   `QREXEC_REMOTE_DOMAIN=dom0`, hello, a `Receive` request, spawns the source (as `zfs send`),
+//!   reads it in 1 MiB blocks into `StreamFramer::write_data`, `finish`, reads the result. The
+//!   real driver `send` is not used yet (it is being written); switch to it when it exists.
+//! * The agent is the real `qubes-zfs-backup-receiver` binary (release build).
+//!
+//! The arms alternate (cat, qzb, cat, qzb, ...) on the same stream size; the medians are
+//! compared. A first, smaller run of the qzb arm checks memory at a second size. Peak RSS is
+//! each process's VmHWM from /proc, read by the framer at the end of the stream (the agent
+//! is still alive then, waiting for the next request). CPU time comes from /proc/self/stat
+//! (children's user+system time, everything reaped below us).
+
+use std::fs::{self, File};
+use std::io::{self, BufRead, Read, Write};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use qzb_protocol::{
+    expect_hello, read_reply, send_hello, write_request, DatasetKind, DatasetName, ReceiveMode,
+    ReceiveRequest, ReceiveResult, Reply, Request, Role, SnapshotName, StreamFramer,
+    MAX_DATA_CHUNK,
+};
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+const DEFAULT_BYTES: u64 = 4 * GIB;
+const DEFAULT_SMALL: u64 = 256 * MIB;
+const DEFAULT_ROUNDS: usize = 3;
+/// Targets from issue 4.
+const TARGET_RATIO: f64 = 0.90;
+const TARGET_RSS_KIB: u64 = 64 * 1024;
+
+const ROOT: &str = "bench/qzb";
+const DESTINATION: &str = "bench/qzb/vm";
+const SNAPSHOT: &str = "bench/qzb/vm@s1";
+const GUID: u64 = 0x5eed_cafe_f00d_0001;
+/// `/proc/<pid>/stat` times are in clock ticks; USER_HZ is 100 on Linux.
+const CLK_TCK: f64 = 100.0;
+
+const STATE_ENV: &str = "QZB_BENCH_STATE";
+const RECEIVER: &str = "qubes-zfs-backup-receiver";
+
+pub fn run(args: &[String]) -> Result<(), String> {
+    match args.first().map(String::as_str) {
+        Some("source") => source(&args[1..]),
+        Some("zfs") => fake_zfs(&args[1..]),
+        Some("frame") => frame(&args[1..]),
+        _ => orchestrate(args),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers: sizes, /proc
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (num, mult) = match t.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => {
+            let mult = match t[i..].to_ascii_lowercase().as_str() {
+                "k" | "kib" => 1 << 10,
+                "m" | "mib" => MIB,
+                "g" | "gib" => GIB,
+                _ => return Err(format!("bad size {text:?} (use e.g. 4G, 256M, 1048576)")),
+            };
+            (&t[..i], mult)
+        }
+        None => (t, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("bad size {text:?} (use e.g. 4G, 256M, 1048576)"))?;
+    n.checked_mul(mult)
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("bad size {text:?}"))
+}
+
+fn human(bytes: u64) -> String {
+    if bytes.is_multiple_of(GIB) {
+        format!("{} GiB", bytes / GIB)
+    } else if bytes.is_multiple_of(MIB) {
+        format!("{} MiB", bytes / MIB)
+    } else {
+        format!("{bytes} B")
+    }
+}
+
+/// A `kB` field (VmHWM, VmRSS) of /proc/<pid>/status.
+fn status_kib(pid: &str, field: &str) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// (utime+stime, cutime+cstime) of /proc/<pid>/stat, in seconds.
+fn cpu_seconds(pid: &str) -> (f64, f64) {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return (0.0, 0.0);
+    };
+    // Fields after the parenthesised command name, which may contain spaces.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // rest[0] is field 3 (state): utime=14, stime=15, cutime=16, cstime=17.
+    let get = |field: usize| f.get(field - 3).copied().unwrap_or(0) as f64 / CLK_TCK;
+    (get(14) + get(15), get(16) + get(17))
+}
+
+/// Our own stdout/stdin as an unbuffered `File` (a dup of the descriptor): `Stdout` is
+/// line-buffered and `Stdin` goes through an 8 KiB buffer.
+fn stdout_file() -> Result<File, String> {
+    let fd = io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| format!("dup stdout: {e}"))?;
+    Ok(File::from(fd))
+}
+
+fn stdin_file() -> Result<File, String> {
+    let fd = io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| format!("dup stdin: {e}"))?;
+    Ok(File::from(fd))
+}
+
+/// Reads until `buf` is full or EOF; returns the bytes read. Pipe reads return at most what
+/// the pipe holds (64 KiB by default), so one `read` is not one block.
+fn read_block(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The byte source (stands in for `zfs send`)
+
+fn source(args: &[String]) -> Result<(), String> {
+    let total = parse_size(args.first().ok_or("source: missing byte count")?)?;
+    let mut block = vec![0u8; MIB as usize];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for b in block.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    let mut out = stdout_file()?;
+    let mut left = total;
+    while left > 0 {
+        let n = left.min(block.len() as u64) as usize;
+        out.write_all(&block[..n])
+            .map_err(|e| format!("source: write: {e}"))?;
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The `zfs` stand-in: sink for `zfs receive`, answers for the agent's `zfs list` / `zfs get`
+
+fn does_not_exist(name: &str) -> Result<(), String> {
+    eprintln!("cannot open '{name}': dataset does not exist");
+    std::process::exit(1);
+}
+
+fn fake_zfs(args: &[String]) -> Result<(), String> {
+    let state = PathBuf::from(std::env::var_os(STATE_ENV).ok_or("zfs stand-in: no state dir")?);
+    let received = state.join("received");
+    let received_name = fs::read_to_string(&received).unwrap_or_default();
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let target = *argv.last().unwrap_or(&"");
+    match argv.as_slice() {
+        ["receive", .., _] if argv.contains(&"-s") && !argv.contains(&"-A") => {
+            // `zfs receive` takes the snapshot or just the dataset (the snapshot name then
+            // comes from the stream, which here is always SNAPSHOT).
+            if target != SNAPSHOT && target != DESTINATION {
+                eprintln!("zfs stand-in: unexpected receive target {target:?}");
+                std::process::exit(2);
+            }
+            let mut input = stdin_file()?;
+            let mut buf = vec![0u8; MIB as usize];
+            let mut total: u64 = 0;
+            loop {
+                match input.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => total += n as u64,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(format!("zfs stand-in: read: {e}")),
+                }
+            }
+            fs::write(state.join("bytes"), total.to_string()).map_err(|e| e.to_string())?;
+            fs::write(&received, SNAPSHOT).map_err(|e| e.to_string())?;
+            Ok(())
+        }
+        // `zfs list -H -o name NAME`: existence.
+        ["list", "-H", "-o", "name", name] => {
+            let exists = *name == ROOT
+                || (!received_name.is_empty() && received_name.starts_with(&format!("{name}@")));
+            if exists {
+                println!("{name}");
+                Ok(())
+            } else {
+                does_not_exist(name)
+            }
+        }
+        // Inventory of the root (not used by a full receive, answered for completeness).
+        ["list", "-H", "-p", "-r", "-t", "filesystem,volume", ..] => {
+            println!("{ROOT}\tfilesystem\t1\t-\t1099511627776");
+            Ok(())
+        }
+        ["list", "-H", "-p", "-r", "-t", "snapshot", ..] => Ok(()),
+        ["get", "-H", "-p", "-o", "value", "guid", name] => {
+            if *name == received_name {
+                println!("{GUID}");
+                Ok(())
+            } else {
+                does_not_exist(name)
+            }
+        }
+        ["get", "-H", "-p", "-o", "value", "receive_resume_token", name] => {
+            if *name == ROOT || *name == DESTINATION {
+                println!("-");
+                Ok(())
+            } else {
+                does_not_exist(name)
+            }
+        }
+        _ => {
+            eprintln!("zfs stand-in: unsupported call: zfs {}", args.join(" "));
+            std::process::exit(2);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The framing side (what the driver's `send` does)
+
+/// What the framer reports on its stdout, one `key=value` per line.
+#[derive(Debug, Default, Clone)]
+struct FrameReport {
+    bytes: u64,
+    stream_secs: f64,
+    framer_hwm_kib: u64,
+    agent_hwm_kib: u64,
+    framer_cpu: f64,
+    agent_cpu: f64,
+}
+
+fn frame(args: &[String]) -> Result<(), String> {
+    let [bytes, chunk, agent, xtask] = args else {
+        return Err("frame: usage: frame BYTES CHUNK AGENT XTASK".into());
+    };
+    let bytes = parse_size(bytes)?;
+    let chunk = parse_size(chunk)? as usize;
+    let mut agent = Command::new(agent)
+        .env("QREXEC_REMOTE_DOMAIN", "dom0")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("frame: cannot run the agent: {e}"))?;
+    let agent_pid = agent.id().to_string();
+    let mut to_agent = agent.stdin.take().expect("piped");
+    let mut from_agent = agent.stdout.take().expect("piped");
+    let perr = |what: &str, e: qzb_protocol::ProtocolError| format!("frame: {what}: {e}");
+
+    send_hello(&mut to_agent, Role::Driver).map_err(|e| perr("hello", e))?;
+    expect_hello(&mut from_agent, Role::Receiver).map_err(|e| perr("agent hello", e))?;
+    let name = |s: &str| DatasetName::new(s).map_err(|e| format!("{s}: {e:?}"));
+    let request = Request::Receive(ReceiveRequest {
+        root: name(ROOT)?,
+        destination: name(DESTINATION)?,
+        snapshot: SnapshotName::new(SNAPSHOT).map_err(|e| format!("{SNAPSHOT}: {e:?}"))?,
+        guid: GUID,
+        kind: DatasetKind::Volume,
+        mode: ReceiveMode::Full,
+        origin: None,
+    });
+    write_request(&mut to_agent, &request).map_err(|e| perr("request", e))?;
+    let mut reply_buf = Vec::new();
+    match read_reply(&mut from_agent, &mut reply_buf).map_err(|e| perr("reply", e))? {
+        Reply::ReceiveReady => {}
+        other => {
+            return Err(format!(
+                "frame: agent did not accept the receive: {other:?}"
+            ))
+        }
+    }
+
+    let started = Instant::now();
+    let mut source = Command::new(xtask)
+        .args(["bench-stream", "source", &bytes.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("frame: cannot run the source: {e}"))?;
+    let mut from_source = source.stdout.take().expect("piped");
+    let mut framer = StreamFramer::new();
+    let mut block = vec![0u8; chunk];
+    loop {
+        let n = read_block(&mut from_source, &mut block)
+            .map_err(|e| format!("frame: reading the source: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        framer
+            .write_data(&mut to_agent, &block[..n])
+            .map_err(|e| perr("data", e))?;
+    }
+    let source_status = source.wait().map_err(|e| e.to_string())?;
+    if !source_status.success() {
+        return Err(format!("frame: source {source_status}"));
+    }
+    framer.finish(&mut to_agent).map_err(|e| perr("end", e))?;
+    let result = read_reply(&mut from_agent, &mut reply_buf).map_err(|e| perr("result", e))?;
+    let stream_secs = started.elapsed().as_secs_f64();
+    let received = match result {
+        Reply::Receive(ReceiveResult::Ok { bytes, guid, .. }) if guid == GUID => bytes,
+        other => return Err(format!("frame: receive failed: {other:?}")),
+    };
+    if received != bytes {
+        return Err(format!("frame: agent received {received} of {bytes} bytes"));
+    }
+    // The agent is alive, waiting for the next request: its VmHWM is its peak so far.
+    let report = FrameReport {
+        bytes: received,
+        stream_secs,
+        framer_hwm_kib: status_kib("self", "VmHWM:"),
+        agent_hwm_kib: status_kib(&agent_pid, "VmHWM:"),
+        framer_cpu: cpu_seconds("self").0,
+        agent_cpu: cpu_seconds(&agent_pid).0,
+    };
+    drop(to_agent);
+    let status = agent.wait().map_err(|e| e.to_string())?;
+    if !status.success() {
+        return Err(format!("frame: agent {status}"));
+    }
+    println!("bytes={}", report.bytes);
+    println!("stream_secs={}", report.stream_secs);
+    println!("framer_hwm_kib={}", report.framer_hwm_kib);
+    println!("agent_hwm_kib={}", report.agent_hwm_kib);
+    println!("framer_cpu={}", report.framer_cpu);
+    println!("agent_cpu={}", report.agent_cpu);
+    Ok(())
+}
+
+fn parse_report(out: &[u8]) -> Result<FrameReport, String> {
+    let mut r = FrameReport::default();
+    for line in out.lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
+        let f = || v.parse::<f64>().map_err(|e| format!("{k}: {e}"));
+        let u = || v.parse::<u64>().map_err(|e| format!("{k}: {e}"));
+        match k {
+            "bytes" => r.bytes = u()?,
+            "stream_secs" => r.stream_secs = f()?,
+            "framer_hwm_kib" => r.framer_hwm_kib = u()?,
+            "agent_hwm_kib" => r.agent_hwm_kib = u()?,
+            "framer_cpu" => r.framer_cpu = f()?,
+            "agent_cpu" => r.agent_cpu = f()?,
+            _ => {}
+        }
+    }
+    Ok(r)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The orchestrator
+
+struct Setup {
+    xtask: PathBuf,
+    agent: PathBuf,
+    dir: PathBuf,
+    bin: PathBuf,
+    path: String,
+    chunk: u64,
+}
+
+impl Setup {
+    fn fresh_state(&self, name: &str) -> Result<PathBuf, String> {
+        let state = self.dir.join(name);
+        let _ = fs::remove_dir_all(&state);
+        fs::create_dir_all(&state).map_err(|e| format!("{}: {e}", state.display()))?;
+        Ok(state)
+    }
+
+    fn sink_bytes(state: &Path) -> Result<u64, String> {
+        fs::read_to_string(state.join("bytes"))
+            .map_err(|e| format!("sink did not report: {e}"))?
+            .trim()
+            .parse()
+            .map_err(|e| format!("sink report: {e}"))
+    }
+}
+
+struct Measure {
+    arm: &'static str,
+    bytes: u64,
+    secs: f64,
+    /// user+system seconds of every process of the arm.
+    cpu: f64,
+    report: Option<FrameReport>,
+}
+
+impl Measure {
+    fn mib_s(&self) -> f64 {
+        self.bytes as f64 / MIB as f64 / self.secs
+    }
+}
+
+fn children_cpu() -> f64 {
+    cpu_seconds("self").1
+}
+
+fn wait_ok(child: &mut Child, what: &str) -> Result<(), String> {
+    let status = child.wait().map_err(|e| format!("{what}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{what} {status}"))
+    }
+}
+
+fn run_cat(setup: &Setup, bytes: u64) -> Result<Measure, String> {
+    let state = setup.fresh_state("cat")?;
+    let cpu0 = children_cpu();
+    let started = Instant::now();
+    let mut source = Command::new(&setup.xtask)
+        .args(["bench-stream", "source", &bytes.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("source: {e}"))?;
+    let mut cat = Command::new("cat")
+        .stdin(source.stdout.take().expect("piped"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cat: {e}"))?;
+    let mut sink = Command::new(setup.bin.join("zfs"))
+        .args(["receive", "-s", "-u", "-o", "volmode=none", SNAPSHOT])
+        .env(STATE_ENV, &state)
+        .stdin(cat.stdout.take().expect("piped"))
+        .spawn()
+        .map_err(|e| format!("sink: {e}"))?;
+    wait_ok(&mut source, "source")?;
+    wait_ok(&mut cat, "cat")?;
+    wait_ok(&mut sink, "sink")?;
+    let secs = started.elapsed().as_secs_f64();
+    let cpu = children_cpu() - cpu0;
+    let got = Setup::sink_bytes(&state)?;
+    if got != bytes {
+        return Err(format!("cat arm: sink got {got} of {bytes} bytes"));
+    }
+    Ok(Measure {
+        arm: "cat",
+        bytes,
+        secs,
+        cpu,
+        report: None,
+    })
+}
+
+fn run_qzb(setup: &Setup, bytes: u64) -> Result<Measure, String> {
+    let state = setup.fresh_state("qzb")?;
+    let cpu0 = children_cpu();
+    let started = Instant::now();
+    let out = Command::new(&setup.xtask)
+        .args([
+            "bench-stream",
+            "frame",
+            &bytes.to_string(),
+            &setup.chunk.to_string(),
+        ])
+        .arg(&setup.agent)
+        .arg(&setup.xtask)
+        .env("PATH", &setup.path)
+        .env(STATE_ENV, &state)
+        .env(
+            "QUBES_ZFS_BACKUP_RECEIVE_LOCK",
+            setup.dir.join("receive.lock"),
+        )
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("framer: {e}"))?;
+    let secs = started.elapsed().as_secs_f64();
+    let cpu = children_cpu() - cpu0;
+    if !out.status.success() {
+        return Err(format!("qzb arm: framer {}", out.status));
+    }
+    let report = parse_report(&out.stdout)?;
+    let got = Setup::sink_bytes(&state)?;
+    if got != bytes || report.bytes != bytes {
+        return Err(format!(
+            "qzb arm: sink got {got}, agent reported {}, of {bytes} bytes",
+            report.bytes
+        ));
+    }
+    Ok(Measure {
+        arm: "qzb",
+        bytes,
+        secs,
+        cpu,
+        report: Some(report),
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return 0.0;
+    }
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+fn print_row(m: &Measure, cat_mib_s: Option<f64>) {
+    let ratio = cat_mib_s.map_or("".to_string(), |c| {
+        format!("{:.1} %", 100.0 * m.mib_s() / c)
+    });
+    let (framer, agent, split) = match &m.report {
+        Some(r) => (
+            mib(r.framer_hwm_kib),
+            mib(r.agent_hwm_kib),
+            format!(" (framer {:.2}, agent {:.2})", r.framer_cpu, r.agent_cpu),
+        ),
+        None => ("-".into(), "-".into(), String::new()),
+    };
+    println!(
+        "{:<5} {:>9} {:>8.2} {:>9.0} {:>8} {:>6.2} {:>5.2}  {:>10} {:>10}{}",
+        m.arm,
+        human(m.bytes),
+        m.secs,
+        m.mib_s(),
+        ratio,
+        m.cpu,
+        m.cpu / m.secs,
+        framer,
+        agent,
+        split
+    );
+}
+
+fn header() {
+    println!(
+        "{:<5} {:>9} {:>8} {:>9} {:>8} {:>6} {:>5}  {:>10} {:>10}",
+        "arm", "bytes", "seconds", "MiB/s", "vs cat", "CPU s", "cores", "framer HWM", "agent HWM"
+    );
+}
+
+/// Single-thread blake3 speed in this process: shows whether the SIMD backend is in use
+/// (portable code is around 1 GiB/s; AVX2/AVX-512 several GiB/s).
+fn blake3_speed() -> f64 {
+    let data = vec![0x5au8; MAX_DATA_CHUNK];
+    let mut n = 0u64;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(300) {
+        std::hint::black_box(blake3::hash(std::hint::black_box(&data)));
+        n += 1;
+    }
+    (n * MAX_DATA_CHUNK as u64) as f64 / MIB as f64 / started.elapsed().as_secs_f64()
+}
+
+fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// Builds the agent in release mode, and re-runs this task from a release build if we are a
+/// debug build (`cargo xtask` builds xtask in debug).
+fn release_binaries(args: &[String]) -> Result<(PathBuf, PathBuf), String> {
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    let profile_dir = exe.parent().ok_or("current_exe has no parent")?;
+    let release_dir = profile_dir
+        .parent()
+        .ok_or("current_exe is not in a target dir")?
+        .join("release");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let debug = cfg!(debug_assertions);
+    let mut build = Command::new(&cargo);
+    build.args(["build", "--release", "--quiet", "-p", RECEIVER]);
+    if debug {
+        build.args(["-p", "xtask"]);
+    }
+    let status = build
+        .status()
+        .map_err(|e| format!("cannot run {cargo}: {e}"))?;
+    if !status.success() {
+        return Err(format!("cargo build --release failed: {status}"));
+    }
+    if debug {
+        eprintln!("bench-stream: re-running from the release build");
+        let status = Command::new(release_dir.join("xtask"))
+            .arg("bench-stream")
+            .args(args)
+            .status()
+            .map_err(|e| format!("release xtask: {e}"))?;
+        std::process::exit(status.code().unwrap_or(1));
+    }
+    Ok((exe.clone(), release_dir.join(RECEIVER)))
+}
+
+struct Options {
+    bytes: u64,
+    small: u64,
+    rounds: usize,
+    chunk: u64,
+}
+
+fn options(args: &[String]) -> Result<Options, String> {
+    let env = |k: &str| std::env::var(k).ok();
+    let mut o = Options {
+        bytes: env("QZB_BENCH_BYTES")
+            .map(|s| parse_size(&s))
+            .transpose()?
+            .unwrap_or(DEFAULT_BYTES),
+        small: DEFAULT_SMALL,
+        rounds: env("QZB_BENCH_ROUNDS")
+            .map(|s| s.parse().map_err(|e| format!("QZB_BENCH_ROUNDS: {e}")))
+            .transpose()?
+            .unwrap_or(DEFAULT_ROUNDS),
+        chunk: MIB,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || it.next().ok_or(format!("{a} needs a value"));
+        match a.as_str() {
+            "--bytes" => o.bytes = parse_size(val()?)?,
+            "--small" => o.small = parse_size(val()?)?,
+            "--rounds" => o.rounds = val()?.parse().map_err(|e| format!("--rounds: {e}"))?,
+            "--chunk" => o.chunk = parse_size(val()?)?,
+            "-h" | "--help" => {
+                println!(
+                    "usage: cargo xtask bench-stream [--bytes 4G] [--small 256M] [--rounds 3] \
+                     [--chunk 1M]\n  env: QZB_BENCH_BYTES, QZB_BENCH_ROUNDS"
+                );
+                std::process::exit(0);
+            }
+            other => return Err(format!("bench-stream: unknown argument {other:?}")),
+        }
+    }
+    if o.rounds == 0 {
+        return Err("--rounds must be at least 1".into());
+    }
+    Ok(o)
+}
+
+fn orchestrate(args: &[String]) -> Result<(), String> {
+    let opts = options(args)?;
+    let (xtask, agent) = release_binaries(args)?;
+    let dir = std::env::temp_dir().join(format!("qzb-bench-stream-{}", std::process::id()));
+    let bin = dir.join("bin");
+    fs::create_dir_all(&bin).map_err(|e| format!("{}: {e}", bin.display()))?;
+    let script = format!(
+        "#!/bin/sh\nexec '{}' bench-stream zfs \"$@\"\n",
+        xtask.display().to_string().replace('\'', "'\\''")
+    );
+    let zfs = bin.join("zfs");
+    fs::write(&zfs, script).map_err(|e| format!("{}: {e}", zfs.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&zfs, fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
+    }
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let setup = Setup {
+        xtask,
+        agent,
+        dir: dir.clone(),
+        bin,
+        path,
+        chunk: opts.chunk,
+    };
+    let result = bench(&setup, &opts);
+    let _ = fs::remove_dir_all(&dir);
+    result
+}
+
+fn bench(setup: &Setup, opts: &Options) -> Result<(), String> {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!("bench-stream: source → framer → agent → sink vs source → cat → sink");
+    println!(
+        "machine: {cores} cores; load average before: {}; blake3 single-thread: {:.0} MiB/s \
+         (avx2 {}, avx512f {})",
+        loadavg(),
+        blake3_speed(),
+        std::arch::is_x86_feature_detected!("avx2"),
+        std::arch::is_x86_feature_detected!("avx512f"),
+    );
+    println!(
+        "stream: {} per run, {} rounds per arm alternating; memory also at {}; framer reads {} blocks",
+        human(opts.bytes),
+        opts.rounds,
+        human(opts.small),
+        human(setup.chunk)
+    );
+    println!("agent: {}", setup.agent.display());
+    println!();
+    header();
+
+    // Memory at the small size first (also warms the page cache and binaries).
+    let small = run_qzb(setup, opts.small)?;
+    print_row(&small, None);
+
+    let mut cats = Vec::new();
+    let mut qzbs = Vec::new();
+    for _ in 0..opts.rounds {
+        let c = run_cat(setup, opts.bytes)?;
+        print_row(&c, None);
+        let q = run_qzb(setup, opts.bytes)?;
+        print_row(&q, Some(c.mib_s()));
+        cats.push(c);
+        qzbs.push(q);
+    }
+    let cat_med = median(cats.iter().map(Measure::mib_s).collect());
+    let qzb_med = median(qzbs.iter().map(Measure::mib_s).collect());
+    let ratio = qzb_med / cat_med;
+    let rss = |f: fn(&FrameReport) -> u64, ms: &[&Measure]| {
+        ms.iter()
+            .filter_map(|m| m.report.as_ref().map(f))
+            .max()
+            .unwrap_or(0)
+    };
+    let large: Vec<&Measure> = qzbs.iter().collect();
+    let (fs_small, as_small) = (
+        rss(|r| r.framer_hwm_kib, &[&small]),
+        rss(|r| r.agent_hwm_kib, &[&small]),
+    );
+    let (fs_large, as_large) = (
+        rss(|r| r.framer_hwm_kib, &large),
+        rss(|r| r.agent_hwm_kib, &large),
+    );
+    let cpu_per_s = |ms: &[Measure]| median(ms.iter().map(|m| m.cpu / m.secs).collect());
+    println!();
+    println!(
+        "median: cat {cat_med:.0} MiB/s, qzb {qzb_med:.0} MiB/s: qzb = {:.1} % of cat \
+         (target ≥ {:.0} %)",
+        100.0 * ratio,
+        100.0 * TARGET_RATIO
+    );
+    println!(
+        "cores busy (CPU s / wall s, median): cat arm {:.2}, qzb arm {:.2}",
+        cpu_per_s(&cats),
+        cpu_per_s(&qzbs)
+    );
+    println!(
+        "peak RSS (VmHWM): framer {} at {}, {} at {}; agent {} at {}, {} at {} (limit {})",
+        mib(fs_small),
+        human(opts.small),
+        mib(fs_large),
+        human(opts.bytes),
+        mib(as_small),
+        human(opts.small),
+        mib(as_large),
+        human(opts.bytes),
+        mib(TARGET_RSS_KIB)
+    );
+    println!("load average after: {}", loadavg());
+    let fast = ratio >= TARGET_RATIO;
+    let flat = fs_large.max(as_large).max(fs_small).max(as_small) < TARGET_RSS_KIB;
+    println!(
+        "{}: throughput {} ({:.1} % of cat, target ≥ 90 %), memory {} (max {} , target < 64 MiB)",
+        if fast && flat { "PASS" } else { "FAIL" },
+        if fast { "ok" } else { "below target" },
+        100.0 * ratio,
+        if flat { "ok" } else { "over limit" },
+        mib(fs_large.max(as_large).max(fs_small).max(as_small)),
+    );
+    Ok(())
+}
