@@ -375,6 +375,21 @@ fn list(store: &Store, json: bool) -> Result<()> {
 /// Arguments of `zfs send` for a target (without the `zfs` itself). Used for the estimate and the
 /// real send, so both always agree.
 pub fn send_args(t: &crate::plan::Target, dry_run: bool) -> Vec<String> {
+    send_args_from(
+        &t.snapshot,
+        t.incremental_source.as_ref(),
+        t.progressive,
+        dry_run,
+    )
+}
+
+/// `zfs send` arguments for `snapshot`, incremental from `source` if given.
+pub fn send_args_from(
+    snapshot: &crate::names::SnapshotName,
+    source: Option<&crate::names::SnapshotName>,
+    progressive: bool,
+    dry_run: bool,
+) -> Vec<String> {
     let mut a = vec!["send".to_owned()];
     if dry_run {
         a.extend(["-n", "-v", "-P"].map(String::from));
@@ -382,11 +397,11 @@ pub fn send_args(t: &crate::plan::Target, dry_run: bool) -> Vec<String> {
     // -L large blocks, -e embedded data, -c compressed blocks as stored: fewer bytes, same data.
     // -p carries the dataset's properties so a restore is faithful.
     a.extend(["-L", "-e", "-c", "-p"].map(String::from));
-    if let Some(src) = &t.incremental_source {
-        a.push(if t.progressive { "-I" } else { "-i" }.to_owned());
+    if let Some(src) = source {
+        a.push(if progressive { "-I" } else { "-i" }.to_owned());
         a.push(src.to_string());
     }
-    a.push(t.snapshot.to_string());
+    a.push(snapshot.to_string());
     a
 }
 

@@ -8,7 +8,7 @@
 //! before `zfs send -t` ever sees it.
 
 use crate::error::{Error, Result};
-use crate::inventory::{Inventory, ToolError};
+use crate::inventory::{Inventory, ToolError, ZfsInventory};
 use crate::names::{DatasetName, SnapshotName};
 use crate::output::{human_bytes, sanitize, Style};
 use crate::plan::Target;
@@ -151,6 +151,10 @@ pub enum Step {
         mode: proto::ReceiveMode,
         /// `zfs send` arguments (after `zfs`).
         args: Vec<String>,
+        /// For a clone stream, the origin on the receiver (`zfs receive -o origin=`).
+        origin: Option<proto::SnapshotName>,
+        /// How this differs from the plan's stream, for the user.
+        note: Option<String>,
     },
 }
 
@@ -159,9 +163,10 @@ pub fn decide(
     t: &TargetState,
     root: &DatasetName,
     rx: &ReceiverView,
-    source_guids: &dyn Fn(&SnapshotName) -> Option<u64>,
+    source: &ZfsInventory,
     patching: bool,
 ) -> Result<Step> {
+    let source_guids = |s: &SnapshotName| source.snapshot(s).map(|x| x.guid);
     let target = &t.target;
     let guid = target.guid.ok_or_else(|| {
         Error::Refused(format!(
@@ -187,13 +192,18 @@ pub fn decide(
         )));
     }
     if let Some(token) = dest_ds.and_then(|d| d.receive_resume_token.as_deref()) {
-        check_token(token, target, guid, source_guids)?;
+        check_token(token, target, guid, &source_guids)?;
         return Ok(Step::Send {
             mode: proto::ReceiveMode::Resume {
                 token: token.to_owned(),
             },
             args: vec!["send".into(), "-t".into(), token.to_owned()],
+            origin: clone_origin(target, root)?,
+            note: Some("resuming the interrupted receive".into()),
         });
+    }
+    if let Some(step) = continue_cut_package(target, dest_ds, source, root)? {
+        return Ok(step);
     }
     let mode = match &target.incremental_source {
         None => proto::ReceiveMode::Full,
@@ -225,7 +235,68 @@ pub fn decide(
     Ok(Step::Send {
         mode,
         args: crate::cli::send_args(target, false),
+        origin: clone_origin(target, root)?,
+        note: None,
     })
+}
+
+/// The receiver-side origin of a clone target.
+fn clone_origin(target: &Target, root: &DatasetName) -> Result<Option<proto::SnapshotName>> {
+    match (&target.incremental_source, target.clone_origin) {
+        (Some(src), true) => Ok(Some(proto_snap(&on_receiver(root, src)?)?)),
+        _ => Ok(None),
+    }
+}
+
+/// A `-I` package (or an earlier run) may have stopped between snapshots: the destination then
+/// exists and ends at a snapshot the source also has (same guid). Continue from there instead
+/// of replaying the planned stream, which the receiver would refuse.
+fn continue_cut_package(
+    target: &Target,
+    dest_ds: Option<&proto::DatasetInfo>,
+    source: &ZfsInventory,
+    root: &DatasetName,
+) -> Result<Option<Step>> {
+    let Some(last) = dest_ds.and_then(|d| d.snapshots.last()) else {
+        return Ok(None);
+    };
+    let ds = &target.snapshot.dataset;
+    let snaps = source.snapshots_of(ds.as_str());
+    let Some(pos) = snaps.iter().position(|s| s.guid == last.guid) else {
+        return Ok(None);
+    };
+    let target_pos = snaps.iter().position(|s| s.label == target.snapshot.label);
+    if target_pos.is_none_or(|t| pos >= t) {
+        return Ok(None);
+    }
+    let common = SnapshotName::new(ds.clone(), snaps[pos].label.clone());
+    // Only where the plan's own source is not newer than what the receiver has.
+    if let Some(planned) = &target.incremental_source {
+        if planned.dataset == *ds {
+            let planned_pos = snaps.iter().position(|s| s.label == planned.label);
+            if planned_pos.is_some_and(|p| p > pos) {
+                return Ok(None);
+            }
+        }
+    }
+    let on_rx = on_receiver(root, &common)?;
+    Ok(Some(Step::Send {
+        mode: proto::ReceiveMode::Incremental {
+            from: proto_snap(&on_rx)?,
+            from_guid: snaps[pos].guid,
+        },
+        args: crate::cli::send_args_from(
+            &target.snapshot,
+            Some(&common),
+            target.progressive,
+            false,
+        ),
+        origin: None,
+        note: Some(format!(
+            "continuing from @{}, which the receiver already has",
+            common.label.as_str()
+        )),
+    }))
 }
 
 /// A resume token comes from the backup qube: it may only continue exactly the planned stream.
@@ -575,7 +646,6 @@ pub fn send(
             missing.join(", ")
         )));
     }
-    let guids = |s: &SnapshotName| inv.zfs.snapshot(s).map(|x| x.guid);
     let style = Style::for_stdout();
     let qube = config.receiver_qube.as_str().to_owned();
     let mut session: Option<Session> = None;
@@ -608,7 +678,7 @@ pub fn send(
             session = Some(s);
         }
         let view = rx.as_ref().expect("inventory with the session");
-        let step = decide(&state.targets[i], &root, view, &guids, opts.patching);
+        let step = decide(&state.targets[i], &root, view, &inv.zfs, opts.patching);
         let step = match step {
             Ok(s) => s,
             Err(e) => {
@@ -638,21 +708,15 @@ pub fn send(
                 t.last_error = None;
                 store.save(state)?;
             }
-            Step::Send { mode, args } => {
+            Step::Send {
+                mode,
+                args,
+                origin,
+                note,
+            } => {
                 let t = &state.targets[i];
                 let guid = t.target.guid.expect("checked in decide");
                 let dest = on_receiver(&root, &t.target.snapshot)?;
-                let origin = if t.target.clone_origin {
-                    let src = t
-                        .target
-                        .incremental_source
-                        .as_ref()
-                        .expect("clone has a source");
-                    Some(proto_snap(&on_receiver(&root, src)?)?)
-                } else {
-                    None
-                };
-                let resuming = matches!(mode, proto::ReceiveMode::Resume { .. });
                 let request = proto::ReceiveRequest {
                     root: proto_ds(&root)?,
                     destination: proto_ds(&dest.dataset)?,
@@ -670,7 +734,7 @@ pub fn send(
                 println!(
                     "sending {snapshot} ({}){}",
                     crate::report::describe_send(&t.target),
-                    if resuming { ", resuming" } else { "" }
+                    note.map(|n| format!(", {n}")).unwrap_or_default()
                 );
                 // Saved before the first byte moves: a crash from here on resumes, not restarts.
                 state.targets[i].send_state = SendState::Partial;
@@ -832,7 +896,10 @@ pub fn receiver_checks(
         let dest = on_receiver(root, &t.target.snapshot)?;
         if let Some(g) = rx.snapshot_guid(&dest) {
             if Some(g) == t.target.guid {
-                present += 1;
+                // Targets this backup sent itself are simply done.
+                if t.send_state != SendState::Done {
+                    present += 1;
+                }
             } else {
                 warnings.push(format!(
                     "{dest} exists on the receiver with a different guid; its target will fail"
@@ -967,4 +1034,269 @@ pub fn abort(
     }
     let _ = session.close();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::{DatasetKind, Snapshot};
+    use crate::names::SnapLabel;
+    use crate::plan::Reason;
+    use crate::state::SnapshotState;
+
+    const ROOT: &str = "bpool/b";
+
+    fn sn(s: &str) -> SnapshotName {
+        SnapshotName::parse(s).unwrap()
+    }
+
+    /// dom0 has pool/vm@a (guid 1), @b (2), @c (3).
+    fn source() -> ZfsInventory {
+        let mut z = ZfsInventory::default();
+        z.snapshots.insert(
+            "pool/vm".into(),
+            [("a", 1), ("b", 2), ("c", 3)]
+                .iter()
+                .enumerate()
+                .map(|(i, (l, g))| Snapshot {
+                    label: SnapLabel::parse(l).unwrap(),
+                    createtxg: 10 + i as u64,
+                    guid: *g,
+                })
+                .collect(),
+        );
+        z
+    }
+
+    fn target(snap: &str, from: Option<&str>, state: SendState) -> TargetState {
+        TargetState {
+            target: Target {
+                snapshot: sn(snap),
+                kind: DatasetKind::Volume,
+                incremental_source: from.map(sn),
+                progressive: true,
+                clone_origin: false,
+                reason: Reason::Target,
+                guid: source().snapshot(&sn(snap)).map(|s| s.guid),
+                object: None,
+                depends_on: vec![],
+            },
+            snapshot_state: SnapshotState::Exists,
+            size_estimate: None,
+            send_state: state,
+            received_guid: None,
+            last_error: None,
+        }
+    }
+
+    /// A receiver holding bpool/b/pool/vm with the given snapshots and token.
+    fn receiver(snaps: &[(&str, u64)], token: Option<String>) -> ReceiverView {
+        let name = proto::DatasetName::new("bpool/b/pool/vm").unwrap();
+        ReceiverView::from_reply(proto::InventoryReply {
+            root: proto::DatasetName::new(ROOT).unwrap(),
+            available: 1 << 40,
+            datasets: vec![proto::DatasetInfo {
+                snapshots: snaps
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (l, g))| proto::SnapshotInfo {
+                        name: name.snapshot(l).unwrap(),
+                        guid: *g,
+                        createtxg: i as u64,
+                    })
+                    .collect(),
+                name,
+                kind: proto::DatasetKind::Volume,
+                guid: 99,
+                receive_resume_token: token,
+            }],
+        })
+    }
+
+    fn empty_receiver() -> ReceiverView {
+        ReceiverView::from_reply(proto::InventoryReply {
+            root: proto::DatasetName::new(ROOT).unwrap(),
+            available: 1,
+            datasets: vec![],
+        })
+    }
+
+    fn root() -> DatasetName {
+        DatasetName::parse(ROOT).unwrap()
+    }
+
+    fn token(toname: &str, toguid: u64, fromguid: Option<u64>) -> String {
+        proto::encode_resume_token(&proto::ResumeToken {
+            object: 1,
+            offset: 4096,
+            bytes: 8192,
+            toguid,
+            toname: proto::SnapshotName::new(toname).unwrap(),
+            fromguid,
+            largeblockok: true,
+            embedok: true,
+            compressok: true,
+            rawok: false,
+            redact_snaps: None,
+            book_redact_snaps: None,
+        })
+    }
+
+    #[test]
+    fn a_full_send_goes_out_with_the_planned_flags() {
+        let t = target("pool/vm@c", None, SendState::Pending);
+        let step = decide(&t, &root(), &empty_receiver(), &source(), false).unwrap();
+        let Step::Send {
+            mode, args, origin, ..
+        } = step
+        else {
+            panic!()
+        };
+        assert_eq!(mode, proto::ReceiveMode::Full);
+        assert_eq!(args, ["send", "-L", "-e", "-c", "-p", "pool/vm@c"]);
+        assert_eq!(origin, None);
+    }
+
+    #[test]
+    fn an_incremental_needs_its_source_on_the_receiver_with_the_same_guid() {
+        let t = target("pool/vm@c", Some("pool/vm@a"), SendState::Pending);
+        let e = decide(&t, &root(), &empty_receiver(), &source(), false).unwrap_err();
+        assert!(e.to_string().contains("is not on the receiver"), "{e}");
+        let e = decide(&t, &root(), &receiver(&[("a", 77)], None), &source(), false).unwrap_err();
+        assert!(e.to_string().contains("guid 77, not 1"), "{e}");
+        let step = decide(&t, &root(), &receiver(&[("a", 1)], None), &source(), false).unwrap();
+        let Step::Send { args, .. } = step else {
+            panic!()
+        };
+        assert_eq!(
+            args,
+            [
+                "send",
+                "-L",
+                "-e",
+                "-c",
+                "-p",
+                "-I",
+                "pool/vm@a",
+                "pool/vm@c"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_matching_resume_token_resumes_with_send_t() {
+        let tok = token("pool/vm@c", 3, Some(1));
+        let t = target("pool/vm@c", Some("pool/vm@a"), SendState::Partial);
+        let step = decide(
+            &t,
+            &root(),
+            &receiver(&[("a", 1)], Some(tok.clone())),
+            &source(),
+            false,
+        )
+        .unwrap();
+        let Step::Send { mode, args, .. } = step else {
+            panic!()
+        };
+        assert_eq!(mode, proto::ReceiveMode::Resume { token: tok.clone() });
+        assert_eq!(args, ["send", "-t", tok.as_str()]);
+    }
+
+    #[test]
+    fn a_forged_resume_token_is_a_security_refusal() {
+        let t = target("pool/vm@c", Some("pool/vm@a"), SendState::Partial);
+        for (tok, why) in [
+            (token("pool/secret@c", 3, Some(1)), "it names pool/secret@c"),
+            (token("pool/vm@c", 4, Some(1)), "its guid is 4"),
+            (token("pool/vm@c", 3, None), "continues from None"),
+            ("1-garbage-00-zz".to_owned(), "cannot be decoded"),
+        ] {
+            let e = decide(
+                &t,
+                &root(),
+                &receiver(&[("a", 1)], Some(tok)),
+                &source(),
+                false,
+            )
+            .unwrap_err();
+            assert!(matches!(e, Error::Security(_)), "{e}");
+            assert!(e.to_string().contains(why), "{e}");
+        }
+    }
+
+    #[test]
+    fn same_name_with_another_guid_is_never_touched() {
+        let t = target("pool/vm@c", Some("pool/vm@a"), SendState::Pending);
+        let e = decide(
+            &t,
+            &root(),
+            &receiver(&[("a", 1), ("c", 42)], None),
+            &source(),
+            true,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("different snapshot with the same name"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn present_target_needs_patching_unless_this_backup_started_it() {
+        let rx = receiver(&[("a", 1), ("c", 3)], None);
+        let pending = target("pool/vm@c", Some("pool/vm@a"), SendState::Pending);
+        let e = decide(&pending, &root(), &rx, &source(), false).unwrap_err();
+        assert!(e.to_string().contains("patching"), "{e}");
+        assert_eq!(
+            decide(&pending, &root(), &rx, &source(), true).unwrap(),
+            Step::AlreadyThere
+        );
+        let ours = target("pool/vm@c", Some("pool/vm@a"), SendState::Partial);
+        assert_eq!(
+            decide(&ours, &root(), &rx, &source(), false).unwrap(),
+            Step::AlreadyThere
+        );
+    }
+
+    #[test]
+    fn a_package_cut_between_snapshots_continues_from_the_newest_common_one() {
+        let t = target("pool/vm@c", Some("pool/vm@a"), SendState::Partial);
+        let step = decide(
+            &t,
+            &root(),
+            &receiver(&[("a", 1), ("b", 2)], None),
+            &source(),
+            false,
+        )
+        .unwrap();
+        let Step::Send { mode, args, .. } = step else {
+            panic!()
+        };
+        assert_eq!(
+            args,
+            [
+                "send",
+                "-L",
+                "-e",
+                "-c",
+                "-p",
+                "-I",
+                "pool/vm@b",
+                "pool/vm@c"
+            ]
+        );
+        assert!(matches!(
+            mode,
+            proto::ReceiveMode::Incremental { from_guid: 2, .. }
+        ));
+    }
+
+    #[test]
+    fn a_missing_source_snapshot_is_refused_before_anything_runs() {
+        let mut t = target("pool/vm@c", None, SendState::Pending);
+        t.target.guid = None;
+        let e = decide(&t, &root(), &empty_receiver(), &source(), false).unwrap_err();
+        assert!(e.to_string().contains("run `snapshot` first"), "{e}");
+    }
 }

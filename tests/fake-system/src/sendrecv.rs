@@ -235,7 +235,26 @@ fn plan_send(
             return Err(Unsupported);
         };
         if fd != tod {
-            return Err(Unsupported); // -I from a clone origin is not modelled
+            // -I from a clone's origin: a clone stream from the origin to the clone's first
+            // snapshot, then the clone's own snapshots up to the target.
+            if d.origin.as_deref() != Some(f.as_str()) {
+                return Ok(Err(format!(
+                    "warning: cannot send '{to}': not an earlier snapshot from the same fs"
+                )));
+            }
+            let mut streams = Vec::new();
+            let mut prev_full = f.clone();
+            let mut prev_short = f.clone();
+            for s in d.snapshots.iter().filter(|s| s.createtxg <= ts.createtxg) {
+                streams.push((Some(prev_short.clone()), mk(Some(&prev_full), &s.name, s)));
+                prev_full = format!("{tod}@{}", s.name);
+                prev_short = s.name.clone();
+            }
+            return Ok(Ok(Plan {
+                streams,
+                package: true,
+                resume_nvl: None,
+            }));
         }
         let Some((_, fs)) = find_snap(z, &f) else {
             return Ok(Err(format!("cannot open '{f}': dataset does not exist")));
@@ -440,11 +459,14 @@ fn check(z: &Zfs, host: &str, h: &Header, dest_arg: &str, o: &RecvOpts) -> Resul
         .ok_or_else(|| format!("cannot receive: invalid name '{destsnap}'"))?;
     let d = d.to_string();
     let resuming = h.resume;
-    let newish = h.fromguid == 0 || h.clone || o.origin.is_some();
+    // `-o origin=` concerns the stream that creates the clone; later streams of a -I package
+    // are plain incrementals into the dataset it created.
+    let origin_applies = h.fromguid == 0 || h.clone;
+    let newish = origin_applies;
     let wants_newfs = newish && !resuming;
     let resuming_newfs = newish && resuming;
     let mut origin = None;
-    if let Some(os) = &o.origin {
+    if let Some(os) = o.origin.as_ref().filter(|_| origin_applies) {
         match find_snap(z, os) {
             Some((_, s)) if s.guid_for(host, os) == h.fromguid || h.fromguid == 0 => origin = Some(os.clone()),
             Some(_) => {
