@@ -1,0 +1,412 @@
+//! `send`, `verify`, `abort` end to end: the real driver, the real agent reached through a
+//! stand-in `qrexec-client` that execs it as qrexec would, and the fake `zfs` on both sides.
+//! Faults are injected into `zfs send`, `zfs receive`, the qrexec connection and the driver.
+
+use qzb_blackbox_tests::{bin, FakeSystem};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+/// 8 MiB streams: bigger than the driver's 1 MiB frames, so a cut lands mid-stream.
+const SIZE: u64 = 8 << 20;
+
+const CONFIG: &str = r#"name: shared
+scope:
+  target-snapshot: "@b1"
+  since: beginning
+  progressive: no
+  honour-origins: no
+allowed-behaviours:
+  snapshot-creation: no
+  patching: PATCHING
+receiver:
+  qube: backups-disp
+  dataset: backuppool/backups/mydesktop
+include-groups: [data]
+forgo-groups: []
+void-groups: []
+data:
+  type: datasets
+  members: [mainpool/shared]
+"#;
+
+fn json_file(path: &std::path::Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn write_json(path: &std::path::Path, v: &Value) {
+    std::fs::write(path, serde_json::to_string_pretty(v).unwrap()).unwrap();
+}
+
+/// The reference system with mainpool/shared's snapshots made SIZE bytes, and `shared`
+/// (targets shared@b1, apps@b1, junk@b1, all existing) imported.
+fn setup(patching: bool) -> FakeSystem {
+    let sys = FakeSystem::new("reference-system");
+    let path = sys.state.join("dom0.json");
+    let mut v = json_file(&path);
+    for (name, ds) in v["zfs"]["datasets"].as_object_mut().unwrap() {
+        if name.starts_with("mainpool/shared") {
+            for s in ds["snapshots"].as_array_mut().unwrap() {
+                s["size"] = SIZE.into();
+            }
+        }
+    }
+    write_json(&path, &v);
+    let text = CONFIG.replace("PATCHING", if patching { "yes" } else { "no" });
+    let file = sys.write("shared.yaml", &text);
+    sys.driver(&["import", &file]).expect(0);
+    sys
+}
+
+fn receiver_state(sys: &FakeSystem) -> Value {
+    json_file(&sys.state.join("qubes/backups-disp.json"))
+}
+
+const DEST: &str = "backuppool/backups/mydesktop/mainpool/shared";
+
+fn send_calls(sys: &FakeSystem) -> Vec<Vec<String>> {
+    sys.calls()
+        .into_iter()
+        .filter(|c| c["host"] == "dom0" && c["argv"][0] == "zfs" && c["argv"][1] == "send")
+        .map(|c| {
+            c["argv"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().unwrap().to_owned())
+                .collect()
+        })
+        .collect()
+}
+
+fn resumed(sys: &FakeSystem) -> bool {
+    send_calls(sys)
+        .iter()
+        .any(|a| a.get(2).map(String::as_str) == Some("-t"))
+}
+
+fn states(sys: &FakeSystem) -> Vec<String> {
+    let run = sys.driver(&["status", "--json", "shared"]);
+    run.expect(0);
+    run.json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["send_state"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn full_backup_is_sent_verified_and_uses_the_exact_qrexec_call() {
+    let sys = setup(false);
+    let run = sys.driver(&["send", "shared"]);
+    run.expect(0);
+    assert!(
+        run.stdout.contains("send completed successfully!"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(states(&sys), ["done", "done", "done"]);
+    sys.driver(&["verify", "shared"]).expect(0);
+
+    let qrexec: Vec<Value> = sys
+        .calls()
+        .into_iter()
+        .filter(|c| c["argv"][0] == "qrexec-client")
+        .collect();
+    assert!(!qrexec.is_empty());
+    for c in &qrexec {
+        assert_eq!(
+            c["argv"],
+            serde_json::json!([
+                "qrexec-client",
+                "-d",
+                "backups-disp",
+                "root:QUBESRPC zfsbackup.Receive dom0"
+            ])
+        );
+    }
+    // The agent received into datasets under the root, never mounted, volumes tamed.
+    let receives: Vec<Value> = sys
+        .calls()
+        .into_iter()
+        .filter(|c| c["host"] == "backups-disp" && c["argv"][1] == "receive")
+        .collect();
+    assert_eq!(receives.len(), 3);
+    assert_eq!(
+        receives[0]["argv"],
+        serde_json::json!(["zfs", "receive", "-s", "-u", "-o", "canmount=noauto", DEST])
+    );
+    let rx = receiver_state(&sys);
+    let guid_rx = rx["zfs"]["datasets"][DEST]["snapshots"][0]["guid"].clone();
+    assert!(!guid_rx.is_null());
+    // A second send has nothing to do.
+    let again = sys.driver(&["send", "shared"]);
+    again.expect(0);
+    assert!(
+        again.stdout.contains("3/3 targets done"),
+        "{}",
+        again.stdout
+    );
+}
+
+#[test]
+fn a_failed_zfs_send_leaves_partial_state_and_the_next_send_resumes_it() {
+    let sys = setup(false);
+    let once = sys.dir.join("fault-once");
+    let mut c = sys.command(bin("qubes-zfs-backup"));
+    c.arg("--metadata-dir")
+        .arg(&sys.meta)
+        .args(["send", "shared"])
+        .env("QZB_FAKE_SEND_DIE_AFTER", (3u64 << 20).to_string())
+        .env("QZB_FAKE_FAULT_ONCE", &once);
+    let run = qzb_blackbox_tests::Run::from(c.output().unwrap());
+    run.expect(8);
+    assert!(
+        run.stderr
+            .contains("the partial receive is kept and the next `send` resumes it"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(states(&sys)[0], "partial");
+    assert!(!receiver_state(&sys)["zfs"]["datasets"][DEST]["partial"].is_null());
+
+    let run = sys.driver(&["send", "shared"]);
+    run.expect(0);
+    assert!(
+        run.stdout.contains("resuming the interrupted receive"),
+        "{}",
+        run.stdout
+    );
+    assert!(resumed(&sys));
+    sys.driver(&["verify", "shared"]).expect(0);
+}
+
+#[test]
+fn a_driver_killed_mid_stream_loses_nothing() {
+    let sys = setup(false);
+    let mut c = sys.command(bin("qubes-zfs-backup"));
+    c.arg("--metadata-dir")
+        .arg(&sys.meta)
+        .args(["send", "shared"])
+        .env("QZB_FAKE_SEND_DELAY_MS", "40")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = c.spawn().unwrap();
+    // Wait until the first target's stream is well under way, then SIGKILL the driver.
+    let start = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let started = !send_calls(&sys).is_empty();
+        if started && start.elapsed() > Duration::from_millis(2500) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "send never started"
+        );
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The agent sees EOF without an end frame and keeps what it verified.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while receiver_state(&sys)["zfs"]["datasets"][DEST]["partial"].is_null() {
+        assert!(Instant::now() < deadline, "no partial state after the kill");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(states(&sys)[0], "partial");
+
+    let run = sys.driver(&["send", "shared"]);
+    run.expect(0);
+    assert!(resumed(&sys), "the next send resumed instead of restarting");
+    sys.driver(&["verify", "shared"]).expect(0);
+}
+
+#[test]
+fn a_cut_qrexec_connection_and_a_killed_receive_both_resume() {
+    for (var, value) in [
+        ("QZB_FAKE_QREXEC_CUT_TO_SERVICE", (3u64 << 20).to_string()),
+        ("QZB_FAKE_RECV_DIE_AFTER", (3u64 << 20).to_string()),
+    ] {
+        let sys = setup(false);
+        let mut c = sys.command(bin("qubes-zfs-backup"));
+        c.arg("--metadata-dir")
+            .arg(&sys.meta)
+            .args(["send", "shared"])
+            .env(var, &value)
+            .env("QZB_FAKE_FAULT_ONCE", sys.dir.join("once"));
+        let run = qzb_blackbox_tests::Run::from(c.output().unwrap());
+        assert_ne!(run.code, 0, "{var}: {}", run.stdout);
+        let run = sys.driver(&["send", "shared"]);
+        run.expect(0);
+        assert!(resumed(&sys), "{var}: resumed");
+        sys.driver(&["verify", "shared"]).expect(0);
+    }
+}
+
+#[test]
+fn a_forged_resume_token_is_refused_and_nothing_unplanned_is_sent() {
+    let sys = setup(false);
+    let mut c = sys.command(bin("qubes-zfs-backup"));
+    c.arg("--metadata-dir")
+        .arg(&sys.meta)
+        .args(["send", "shared"])
+        .env("QZB_FAKE_SEND_DIE_AFTER", (3u64 << 20).to_string())
+        .env("QZB_FAKE_FAULT_ONCE", sys.dir.join("once"));
+    qzb_blackbox_tests::Run::from(c.output().unwrap()).expect(8);
+    // A compromised backup qube rewrites its partial state to ask for dom0's other data.
+    let path = sys.state.join("qubes/backups-disp.json");
+    let mut rx = json_file(&path);
+    rx["zfs"]["datasets"][DEST]["partial"]["toname"] = "mainpool/dom0@b2".into();
+    write_json(&path, &rx);
+    let sends_before = send_calls(&sys).len();
+
+    let run = sys.driver(&["send", "shared"]);
+    run.expect(9);
+    assert!(
+        run.stderr
+            .contains("does not match the plan (it names mainpool/dom0@b2)"),
+        "{}",
+        run.stderr
+    );
+    let new_sends: Vec<Vec<String>> = send_calls(&sys).into_iter().skip(sends_before).collect();
+    assert!(
+        new_sends
+            .iter()
+            .all(|a| !a.contains(&"mainpool/dom0@b2".to_owned())
+                && a.get(2).map(String::as_str) != Some("-t")),
+        "{new_sends:?}"
+    );
+    assert_eq!(states(&sys)[0], "partial", "the target is not marked done");
+    // Its children depend on it (parents first), so they wait too, and say why.
+    assert_eq!(&states(&sys)[1..], ["pending", "pending"]);
+    assert!(
+        run.stdout
+            .contains("skipping mainpool/shared/apps@b1: it needs mainpool/shared@b1 first"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn a_refused_qrexec_call_is_explained() {
+    let sys = setup(false);
+    let mut c = sys.command(bin("qubes-zfs-backup"));
+    c.arg("--metadata-dir")
+        .arg(&sys.meta)
+        .args(["send", "shared"])
+        .env("QZB_FAKE_QREXEC_REFUSE", "1");
+    let run = qzb_blackbox_tests::Run::from(c.output().unwrap());
+    run.expect(7);
+    assert!(
+        run.stderr.contains("refused by qrexec policy"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn targets_already_on_the_receiver_need_patching() {
+    let sys = setup(false);
+    sys.driver(&["send", "shared"]).expect(0);
+    // A second backup of the same snapshots to the same receiver.
+    let text = CONFIG
+        .replace("PATCHING", "no")
+        .replace("name: shared", "name: again");
+    let file = sys.write("again.yaml", &text);
+    sys.driver(&["import", &file]).expect(0);
+    let run = sys.driver(&["send", "again"]);
+    run.expect(8);
+    assert!(
+        run.stderr.contains("enable allowed-behaviours.patching"),
+        "{}",
+        run.stderr
+    );
+
+    let text = CONFIG
+        .replace("PATCHING", "yes")
+        .replace("name: shared", "name: again");
+    let file = sys.write("again.yaml", &text);
+    sys.driver(&["import", "--replace", &file]).expect(0);
+    let run = sys.driver(&["send", "again"]);
+    run.expect(0);
+    assert!(
+        run.stdout
+            .contains("already on the receiver with the same guid; marking it done"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn verify_reports_a_snapshot_whose_guid_changed_on_the_receiver() {
+    let sys = setup(false);
+    sys.driver(&["send", "shared"]).expect(0);
+    let path = sys.state.join("qubes/backups-disp.json");
+    let mut rx = json_file(&path);
+    rx["zfs"]["datasets"][DEST]["snapshots"][0]["guid"] = 12345.into();
+    write_json(&path, &rx);
+    let run = sys.driver(&["verify", "shared"]);
+    run.expect(8);
+    assert!(
+        run.stdout
+            .contains(&format!("MISMATCH  {DEST}@b1: receiver guid 12345")),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn abort_discards_partial_state_after_confirmation() {
+    let sys = setup(false);
+    let mut c = sys.command(bin("qubes-zfs-backup"));
+    c.arg("--metadata-dir")
+        .arg(&sys.meta)
+        .args(["send", "shared"])
+        .env("QZB_FAKE_SEND_DIE_AFTER", (3u64 << 20).to_string())
+        .env("QZB_FAKE_FAULT_ONCE", sys.dir.join("once"));
+    qzb_blackbox_tests::Run::from(c.output().unwrap()).expect(8);
+    // No terminal and no --yes: refused.
+    let run = sys.driver(&["abort", "shared"]);
+    run.expect(6);
+    assert!(run.stderr.contains("confirmation needed"), "{}", run.stderr);
+    assert!(!receiver_state(&sys)["zfs"]["datasets"][DEST]["partial"].is_null());
+
+    let run = sys.driver(&["abort", "shared", "--yes"]);
+    run.expect(0);
+    assert!(
+        run.stdout
+            .contains(&format!("discarded partial state of {DEST}")),
+        "{}",
+        run.stdout
+    );
+    assert!(receiver_state(&sys)["zfs"]["datasets"][DEST]["partial"].is_null());
+    assert_eq!(states(&sys)[0], "pending");
+    sys.driver(&["send", "shared"]).expect(0);
+    assert!(!resumed(&sys), "started over after the abort");
+}
+
+#[test]
+fn calc_reports_receiver_space_and_missing_incremental_bases() {
+    let sys = FakeSystem::new("reference-system");
+    let text = CONFIG
+        .replace("PATCHING", "no")
+        .replace("target-snapshot: \"@b1\"", "target-snapshot: \"@b2\"")
+        .replace("since: beginning", "since: \"@b1\"")
+        .replace("members: [mainpool/shared]", "members: [mainpool/dom0]");
+    let file = sys.write("c.yaml", &text);
+    sys.driver(&["import", &file]).expect(0);
+    let run = sys.driver(&["calc", "shared"]);
+    run.expect(0);
+    assert!(
+        run.stdout.contains("Available space on receiver: 4.5 TiB"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stderr.contains(
+            "incremental base backuppool/backups/mydesktop/mainpool/dom0@b1 is not on the receiver"
+        ),
+        "{}",
+        run.stderr
+    );
+}
