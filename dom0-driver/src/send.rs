@@ -597,14 +597,24 @@ fn stream_target(
     }
 }
 
-/// Fills `buf` as far as the pipe allows before framing (fewer, larger frames).
+/// Frames are cut once this much is read: large enough that hashing and framing cost nothing
+/// next to the data, small enough that an interrupted stream leaves verified data behind (the
+/// agent holds back only the last frame) and progress moves smoothly.
+const MIN_FRAME: usize = 256 * 1024;
+
+/// Reads at least [`MIN_FRAME`] bytes (or up to EOF) into `buf` before framing.
 fn read_full_chunk(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut filled = 0;
-    while filled < buf.len() {
+    while filled < MIN_FRAME.min(buf.len()) {
         match r.read(&mut buf[filled..]) {
             Ok(0) => break,
             Ok(n) => filled += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if filled > 0 => {
+                // Frame what arrived; the error shows up on the next read.
+                tracing::debug!(error = %e, "read error after {filled} bytes");
+                break;
+            }
             Err(e) => return Err(e),
         }
     }
