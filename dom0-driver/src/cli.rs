@@ -165,16 +165,23 @@ pub fn run(cli: &Cli, runner: &dyn Runner) -> Result<()> {
                 timeout: timeout(cli),
                 patching: config.patching,
             };
-            crate::send::send(&store, &mut state, &inv, &opts)
+            crate::send::send(runner, &store, &mut state, &inv, &opts)
         }
         Command::Verify { name } => {
             let state = store.load(name)?;
-            crate::send::verify(&state, timeout(cli))
+            crate::send::verify(runner, &state, timeout(cli))
         }
         Command::Abort { name, dataset, yes } => {
             let _lock = store.lock(name)?;
             let mut state = store.load(name)?;
-            crate::send::abort(&store, &mut state, dataset.as_deref(), *yes, timeout(cli))
+            crate::send::abort(
+                runner,
+                &store,
+                &mut state,
+                dataset.as_deref(),
+                *yes,
+                timeout(cli),
+            )
         }
     }
 }
@@ -494,7 +501,7 @@ fn calc(
         .collect();
     let total: u64 = rows.iter().filter_map(|(_, s)| *s).sum();
     // The receiver's side: free space, incremental bases, what is already there.
-    let rx = crate::send::receiver_checks(&state, &inv, total, timeout);
+    let rx = crate::send::receiver_checks(runner, &state, &inv, total, timeout);
     let (available, partial) = match &rx {
         Ok(r) => {
             warnings.extend(

@@ -151,6 +151,8 @@ impl fmt::Display for ToolError {
 /// Runs a program found on PATH with an explicit argv (never a shell) and returns its stdout.
 pub trait Runner: Sync {
     fn run(&self, program: &str, args: &[&str]) -> Result<Vec<u8>, ToolError>;
+    /// Runs a program whose exit status is its answer (output ignored); None for a signal.
+    fn status(&self, program: &str, args: &[&str]) -> Result<Option<i32>, ToolError>;
 }
 
 /// The real thing: spawns the process.
@@ -174,6 +176,22 @@ pub fn command_line(program: &str, args: &[&str]) -> String {
 }
 
 impl Runner for SystemRunner {
+    fn status(&self, program: &str, args: &[&str]) -> Result<Option<i32>, ToolError> {
+        let command = command_line(program, args);
+        tracing::debug!(%command, "running");
+        Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.code())
+            .map_err(|e| ToolError {
+                command,
+                problem: format!("could not be run: {e}"),
+            })
+    }
+
     fn run(&self, program: &str, args: &[&str]) -> Result<Vec<u8>, ToolError> {
         let command = command_line(program, args);
         tracing::debug!(%command, "running");
@@ -377,6 +395,18 @@ pub fn qubesd_query(
     args.extend(arg);
     let raw = runner.run("qubesd-query", &args)?;
     parse_qubesd_reply(&raw).map_err(|p| bad_output(&command_line("qubesd-query", &args), p))
+}
+
+/// The state of one qube (`Running`, `Halted`, ...) from `admin.vm.List`, or None if it does not
+/// exist.
+pub fn qube_state(runner: &dyn Runner, name: &str) -> Result<Option<String>, ToolError> {
+    let list = qubesd_query(runner, "admin.vm.List", "dom0", None)?;
+    let vms = parse_vm_list(&list)
+        .map_err(|p| bad_output("qubesd-query -e dom0 admin.vm.List dom0", p))?;
+    Ok(vms
+        .into_iter()
+        .find(|(n, _, _)| n == name)
+        .map(|(_, _, s)| s))
 }
 
 pub fn collect_zfs(runner: &dyn Runner) -> Result<ZfsInventory, ToolError> {

@@ -8,7 +8,7 @@
 //! before `zfs send -t` ever sees it.
 
 use crate::error::{Error, Result};
-use crate::inventory::{Inventory, ToolError, ZfsInventory};
+use crate::inventory::{Inventory, Runner, ToolError, ZfsInventory};
 use crate::names::{DatasetName, SnapshotName};
 use crate::output::{human_bytes, sanitize, Style};
 use crate::plan::Target;
@@ -635,6 +635,7 @@ fn describe_failure(f: &proto::ReceiveFailure) -> String {
 
 /// Runs `send`: every target that is not done, in plan order.
 pub fn send(
+    runner: &dyn Runner,
     store: &Store,
     state: &mut BackupState,
     inv: &Inventory,
@@ -683,7 +684,7 @@ pub fn send(
             continue;
         }
         if session.is_none() {
-            let mut s = Session::open(&qube, opts.timeout)?;
+            let mut s = crate::transport::connect(runner, &qube, opts.timeout)?;
             rx = Some(inventory(&mut s, &root)?);
             session = Some(s);
         }
@@ -828,10 +829,10 @@ pub fn send(
 }
 
 /// `verify`: every done target's guid on both sides.
-pub fn verify(state: &BackupState, timeout: Duration) -> Result<()> {
+pub fn verify(runner: &dyn Runner, state: &BackupState, timeout: Duration) -> Result<()> {
     let config = state.config()?;
     let root = &config.receiver_dataset;
-    let mut session = Session::open(config.receiver_qube.as_str(), timeout)?;
+    let mut session = crate::transport::connect(runner, config.receiver_qube.as_str(), timeout)?;
     let rx = inventory(&mut session, root)?;
     let _ = session.close();
     let mut bad = 0;
@@ -879,6 +880,7 @@ pub struct ReceiverReport {
 
 /// Receiver checks for `calc`: space, incremental bases, existing and partial targets.
 pub fn receiver_checks(
+    runner: &dyn Runner,
     state: &BackupState,
     inv: &Inventory,
     total: u64,
@@ -886,7 +888,7 @@ pub fn receiver_checks(
 ) -> Result<ReceiverReport> {
     let config = state.config()?;
     let root = &config.receiver_dataset;
-    let mut session = Session::open(config.receiver_qube.as_str(), timeout)?;
+    let mut session = crate::transport::connect(runner, config.receiver_qube.as_str(), timeout)?;
     let rx = inventory(&mut session, root)?;
     let _ = session.close();
     let mut warnings = Vec::new();
@@ -953,6 +955,7 @@ pub fn receiver_checks(
 
 /// `abort`: discards partial receive state (`zfs receive -A`) of this backup's destinations.
 pub fn abort(
+    runner: &dyn Runner,
     store: &Store,
     state: &mut BackupState,
     only: Option<&str>,
@@ -961,7 +964,7 @@ pub fn abort(
 ) -> Result<()> {
     let config = state.config()?;
     let root = config.receiver_dataset.clone();
-    let mut session = Session::open(config.receiver_qube.as_str(), timeout)?;
+    let mut session = crate::transport::connect(runner, config.receiver_qube.as_str(), timeout)?;
     let rx = inventory(&mut session, &root)?;
     let mut dests: Vec<DatasetName> = Vec::new();
     for t in &state.targets {

@@ -7,6 +7,7 @@
 //! size-bounded and validated by the protocol crate, stderr is bounded and sanitised.
 
 use crate::error::{Error, Result};
+use crate::inventory::Runner;
 use crate::output::sanitize;
 use qzb_protocol as proto;
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -40,6 +41,41 @@ pub fn qrexec_args(qube: &str) -> Vec<String> {
         qube.into(),
         format!("root:QUBESRPC {SERVICE} dom0"),
     ]
+}
+
+/// Checks, then opens, the call to the receiver qube: the qube must be running (we do not start
+/// it: its backup media must be attached and its pool imported first, which only the user can
+/// do), and the qrexec policy must name it as the backup qube. dom0's own calls bypass the
+/// policy daemon, so this evaluation is what keeps backups from going to any other qube.
+pub fn connect(runner: &dyn Runner, qube: &str, timeout: Duration) -> Result<Session> {
+    let state = crate::inventory::qube_state(runner, qube)?;
+    match state.as_deref() {
+        None => return Err(Error::Receiver(format!("the receiver qube '{qube}' does not exist"))),
+        Some("Running") => {}
+        Some(other) => {
+            return Err(Error::Receiver(format!(
+                "the receiver qube '{qube}' is not running (state {other}); start it (qvm-start {qube}), attach the backup disk and import its pool, then try again"
+            )))
+        }
+    }
+    check_policy(runner, qube)?;
+    Session::open(qube, timeout)
+}
+
+/// `qrexec-policy-exec --just-evaluate @adminvm <qube> zfsbackup.Receive`: exit 0 is allow.
+pub fn check_policy(runner: &dyn Runner, qube: &str) -> Result<()> {
+    let args = ["--just-evaluate", "@adminvm", qube, SERVICE];
+    match runner.status("qrexec-policy-exec", &args) {
+        Ok(Some(0)) => Ok(()),
+        Ok(Some(1)) => Err(Error::Refused(format!(
+            "the qrexec policy does not allow dom0 to call {SERVICE} in '{qube}'. Mark it as the backup qube with `qvm-tags {qube} add zfs-backup-receiver` (see docs/INSTALL.md)"
+        ))),
+        Ok(code) => Err(Error::Receiver(format!(
+            "cannot check the qrexec policy: `qrexec-policy-exec {}` ended with {code:?}",
+            args.join(" ")
+        ))),
+        Err(e) => Err(Error::Receiver(format!("cannot check the qrexec policy: {e}"))),
+    }
 }
 
 /// Turns qrexec's own exit codes into plain words.

@@ -410,3 +410,53 @@ fn calc_reports_receiver_space_and_missing_incremental_bases() {
         run.stderr
     );
 }
+
+#[test]
+fn a_halted_receiver_or_a_qube_the_policy_does_not_name_is_refused_before_any_call() {
+    let sys = setup(false);
+    let path = sys.state.join("dom0.json");
+    let original = json_file(&path);
+
+    let mut v = original.clone();
+    v["qubes"]["domains"]["backups-disp"]["state"] = "Halted".into();
+    write_json(&path, &v);
+    let run = sys.driver(&["send", "shared"]);
+    run.expect(7);
+    assert!(
+        run.stderr
+            .contains("is not running (state Halted); start it (qvm-start backups-disp)"),
+        "{}",
+        run.stderr
+    );
+
+    let mut v = original.clone();
+    v["qubes"]["policy"] = serde_json::json!([{"service": "zfsbackup.Receive", "source": "@adminvm", "target": "@anyvm", "action": "deny"}]);
+    write_json(&path, &v);
+    let run = sys.driver(&["send", "shared"]);
+    run.expect(6);
+    assert!(
+        run.stderr
+            .contains("qvm-tags backups-disp add zfs-backup-receiver"),
+        "{}",
+        run.stderr
+    );
+    let evaluations: Vec<Value> = sys
+        .calls()
+        .into_iter()
+        .filter(|c| c["argv"][0] == "qrexec-policy-exec")
+        .collect();
+    assert_eq!(
+        evaluations.last().unwrap()["argv"],
+        serde_json::json!([
+            "qrexec-policy-exec",
+            "--just-evaluate",
+            "@adminvm",
+            "backups-disp",
+            "zfsbackup.Receive"
+        ])
+    );
+    assert!(
+        !sys.calls().iter().any(|c| c["argv"][0] == "qrexec-client"),
+        "no call was made"
+    );
+}
