@@ -71,16 +71,14 @@ install -m 0644 qrexec-policy/rpc-config/zfsbackup.Receive "$SRC/zfsbackup.Recei
 install -m 0644 qrexec-policy/README.md "$SRC/README.qrexec-policy.md"
 install -m 0644 docs/INSTALL.md "$SRC/INSTALL.md"
 
-# Hook for the man page and shell completions (issue 5, item 5). The driver is expected to get
-# a hidden command that writes, into the directory given:
+# The man page and shell completions, generated from the driver's clap definitions by
+# `cargo xtask assets` (the generators are not linked into the dom0 binary):
 #     qubes-zfs-backup.1  qubes-zfs-backup.bash  _qubes-zfs-backup  qubes-zfs-backup.fish
-# (generated from its clap definitions). Whatever of these it writes is staged and packaged
-# (with rpmbuild --with NAME for each one present); until the command exists nothing is
-# written and the package is built without them. Set QZB_REQUIRE_ASSETS=1 to make their
-# absence an error once the command exists.
+# Each one present is staged and packaged (rpmbuild --with NAME). They are required unless
+# QZB_REQUIRE_ASSETS=0.
 ASSETS="$(mktemp -d)"
 trap 'rm -rf "$ASSETS"' EXIT
-if (cd "$ASSETS" && timeout 30 "$DRIVER" __generate-assets --out-dir "$ASSETS" </dev/null >/dev/null 2>&1); then :; fi
+cargo run --quiet "${locked[@]}" -p xtask -- assets --out-dir "$ASSETS" >/dev/null || die "cargo xtask assets failed"
 dom0_with=()
 for pair in manpage:qubes-zfs-backup.1 bash_completion:qubes-zfs-backup.bash \
     zsh_completion:_qubes-zfs-backup fish_completion:qubes-zfs-backup.fish; do
@@ -91,8 +89,8 @@ for pair in manpage:qubes-zfs-backup.1 bash_completion:qubes-zfs-backup.bash \
     fi
 done
 if ((${#dom0_with[@]} == 0)); then
-    log "driver did not generate a man page or completions ('__generate-assets' not implemented yet); packaging without them"
-    [[ "${QZB_REQUIRE_ASSETS:-0}" == 1 ]] && die "QZB_REQUIRE_ASSETS=1 but no man page/completions were generated"
+    log "no man page or completions were generated; packaging without them"
+    [[ "${QZB_REQUIRE_ASSETS:-1}" == 1 ]] && die "no man page/completions were generated (set QZB_REQUIRE_ASSETS=0 to package without them)"
 fi
 
 # --- rpmbuild ------------------------------------------------------------------------------

@@ -57,6 +57,8 @@ const CLK_TCK: f64 = 100.0;
 
 const STATE_ENV: &str = "QZB_BENCH_STATE";
 const RECEIVER: &str = "qubes-zfs-backup-receiver";
+/// Use this agent binary instead of building the workspace's (e.g. an experiment's build).
+const AGENT_ENV: &str = "QZB_BENCH_AGENT";
 
 pub fn run(args: &[String]) -> Result<(), String> {
     match args.first().map(String::as_str) {
@@ -608,8 +610,8 @@ fn loadavg() -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
-/// Builds the agent in release mode, and re-runs this task from a release build if we are a
-/// debug build (`cargo xtask` builds xtask in debug).
+/// Builds the agent in release mode (unless `QZB_BENCH_AGENT` names one), and re-runs this
+/// task from a release build if we are a debug build (`cargo xtask` builds xtask in debug).
 fn release_binaries(args: &[String]) -> Result<(PathBuf, PathBuf), String> {
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
     let profile_dir = exe.parent().ok_or("current_exe has no parent")?;
@@ -617,8 +619,11 @@ fn release_binaries(args: &[String]) -> Result<(PathBuf, PathBuf), String> {
         .parent()
         .ok_or("current_exe is not in a target dir")?
         .join("release");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let debug = cfg!(debug_assertions);
+    if let (false, Some(agent)) = (debug, std::env::var_os(AGENT_ENV)) {
+        return Ok((exe, PathBuf::from(agent)));
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = Command::new(&cargo);
     build.args(["build", "--release", "--quiet", "-p", RECEIVER]);
     if debug {
@@ -674,7 +679,7 @@ fn options(args: &[String]) -> Result<Options, String> {
             "-h" | "--help" => {
                 println!(
                     "usage: cargo xtask bench-stream [--bytes 4G] [--small 256M] [--rounds 3] \
-                     [--chunk 1M]\n  env: QZB_BENCH_BYTES, QZB_BENCH_ROUNDS"
+                     [--chunk 1M]\n  env: QZB_BENCH_BYTES, QZB_BENCH_ROUNDS, QZB_BENCH_AGENT (agent binary to use)"
                 );
                 std::process::exit(0);
             }

@@ -1,6 +1,7 @@
 //! Project tasks. `cargo xtask <task>`; see `cargo xtask help`.
 #![forbid(unsafe_code)]
 
+mod assets;
 mod bench_plan;
 mod bench_stream;
 mod demo;
@@ -9,10 +10,11 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("demo") => demo::run(),
+        Some("assets") => assets::run(&args[1..]),
         Some("bench-plan") => bench_plan::run(),
         Some("bench-stream") => bench_stream::run(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <task>\n\ntasks:\n  demo         the whole workflow against the bundled fake Qubes+ZFS system\n  bench-plan   check + planning on a synthetic 1,000-qube system (run with --release)\n  bench-stream pipeline throughput vs cat and memory (builds and runs itself in release)");
+            eprintln!("usage: cargo xtask <task>\n\ntasks:\n  demo         the whole workflow against the bundled fake Qubes+ZFS system\n  assets       man page and shell completions: assets --out-dir DIR\n  bench-plan   check + planning on a synthetic 1,000-qube system (run with --release)\n  bench-stream pipeline throughput vs cat and memory (builds and runs itself in release)");
             std::process::exit(2);
         }
     };
