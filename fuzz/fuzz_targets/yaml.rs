@@ -1,0 +1,17 @@
+//! `dom0_driver::yaml::parse`: the YAML reader under the config checker.
+#![no_main]
+#![forbid(unsafe_code)]
+
+use libfuzzer_sys::fuzz_target;
+
+qzb_fuzz::install_alloc_cap!();
+
+fuzz_target!(
+    init: qzb_fuzz::alloc_cap::init(),
+    |data: &[u8]| {
+        let Ok(text) = std::str::from_utf8(data) else {
+            return;
+        };
+        let _ = format!("{:?}", dom0_driver::yaml::parse(text));
+    }
+);
