@@ -33,6 +33,8 @@ section "cargo clippy" cargo clippy --workspace --all-targets "${lock_flag[@]}" 
 section "cargo test (unit, codec, black-box with the fake system)" cargo test --workspace "${lock_flag[@]}"
 section "bench-plan (1,000 qubes, 5,000 datasets, 100,000 snapshots: < 1 s, < 200 MiB)" \
     cargo run --release --quiet "${lock_flag[@]}" -p xtask -- bench-plan
+section "dependency audit (sources, licenses, dom0 tree vs docs/dependencies.md)" \
+    cargo run --quiet "${lock_flag[@]}" -p xtask -- audit-deps
 section "demo (the README's first command, as a smoke test)" bash -c 'cargo xtask demo > target/demo.log 2>&1 || { tail -40 target/demo.log; exit 1; }'
 section "RPM build and rpmlint" bash scripts/build-rpms.sh
 if [[ -f scripts/fuzz-smoke.sh ]]; then
