@@ -460,3 +460,26 @@ fn a_halted_receiver_or_a_qube_the_policy_does_not_name_is_refused_before_any_ca
         "no call was made"
     );
 }
+
+#[test]
+fn a_byte_flipped_in_transit_is_caught_and_the_next_send_resumes_from_verified_data() {
+    let sys = setup(false);
+    let mut c = sys.command(bin("qubes-zfs-backup"));
+    c.arg("--metadata-dir")
+        .arg(&sys.meta)
+        .args(["send", "shared"])
+        // Deep inside the first stream's data (the session's first bytes are hello and requests).
+        .env("QZB_FAKE_QREXEC_FLIP_TO_SERVICE", (5u64 << 20).to_string());
+    let run = qzb_blackbox_tests::Run::from(c.output().unwrap());
+    run.expect(8);
+    assert!(
+        run.stderr.contains("stream corrupted in transit"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(states(&sys)[0], "partial");
+    let run = sys.driver(&["send", "shared"]);
+    run.expect(0);
+    assert!(resumed(&sys), "resumed from the verified part");
+    sys.driver(&["verify", "shared"]).expect(0);
+}

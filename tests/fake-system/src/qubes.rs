@@ -402,7 +402,10 @@ pub fn qrexec_client(root: &Path, args: &[String]) -> i32 {
     let cut_from = std::env::var("QZB_FAKE_QREXEC_CUT_FROM_SERVICE")
         .ok()
         .and_then(|v| v.parse::<u64>().ok());
-    if cut_to.is_none() && cut_from.is_none() {
+    let flip_to = std::env::var("QZB_FAKE_QREXEC_FLIP_TO_SERVICE")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok());
+    if cut_to.is_none() && cut_from.is_none() && flip_to.is_none() {
         let e = cmd.exec();
         eprintln!(
             "qzb-fake qrexec-client: cannot exec {}: {e}",
@@ -410,16 +413,18 @@ pub fn qrexec_client(root: &Path, args: &[String]) -> i32 {
         );
         return 127;
     }
-    relay(cmd, &agent, cut_to, cut_from)
+    relay(cmd, &agent, cut_to, cut_from, flip_to)
 }
 
-/// Relay through threads so the pipe can be cut after N bytes (fault injection).
-/// When either direction is cut the connection is severed both ways, like a dead vchan.
+/// Relay through threads so the pipe can be cut after N bytes, or one byte flipped in transit
+/// (fault injection). When either direction is cut the connection is severed both ways, like a
+/// dead vchan.
 fn relay(
     mut cmd: std::process::Command,
     agent: &Path,
     cut_to: Option<u64>,
     cut_from: Option<u64>,
+    flip_to: Option<u64>,
 ) -> i32 {
     use std::process::Stdio;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -442,6 +447,7 @@ fn relay(
         let mut stdin = std::io::stdin().lock();
         let mut buf = vec![0u8; 65536];
         let mut left = cut_to;
+        let mut offset = 0u64;
         loop {
             if cut_in.load(Ordering::SeqCst) {
                 break;
@@ -458,6 +464,12 @@ fn relay(
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
+            if let Some(f) = flip_to {
+                if f >= offset && f < offset + n as u64 {
+                    buf[(f - offset) as usize] ^= 0x01;
+                }
+            }
+            offset += n as u64;
             if cin.write_all(&buf[..n]).is_err() {
                 break;
             }
