@@ -828,7 +828,7 @@ fn policy_exec_just_evaluate() {
             "qrexec-policy-exec",
             &[
                 "--just-evaluate",
-                "dom0",
+                "@adminvm",
                 "backups-disp",
                 "zfsbackup.Receive"
             ]
@@ -836,6 +836,21 @@ fn policy_exec_just_evaluate() {
         .status
         .code(),
         Some(0)
+    );
+    // The policy names dom0 as @adminvm; the bare name does not match it (as in qrexec).
+    assert_eq!(
+        s.run(
+            "qrexec-policy-exec",
+            &[
+                "--just-evaluate",
+                "dom0",
+                "backups-disp",
+                "zfsbackup.Receive"
+            ]
+        )
+        .status
+        .code(),
+        Some(1)
     );
     assert_eq!(
         s.run(
