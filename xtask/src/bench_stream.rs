@@ -793,6 +793,16 @@ fn bench(setup: &Setup, opts: &Options) -> Result<(), String> {
         cpu_per_s(&cats),
         cpu_per_s(&qzbs)
     );
+    let gib = opts.bytes as f64 / GIB as f64;
+    let per_gib = |f: fn(&Measure) -> f64, ms: &[Measure]| median(ms.iter().map(f).collect()) / gib;
+    println!(
+        "CPU s per GiB (median; less load-sensitive than wall time): cat arm {:.3}; qzb arm {:.3} \
+         (framer {:.3}, agent {:.3})",
+        per_gib(|m| m.cpu, &cats),
+        per_gib(|m| m.cpu, &qzbs),
+        per_gib(|m| m.report.as_ref().map_or(0.0, |r| r.framer_cpu), &qzbs),
+        per_gib(|m| m.report.as_ref().map_or(0.0, |r| r.agent_cpu), &qzbs),
+    );
     println!(
         "peak RSS (VmHWM): framer {} at {}, {} at {}; agent {} at {}, {} at {} (limit {})",
         mib(fs_small),
@@ -809,7 +819,7 @@ fn bench(setup: &Setup, opts: &Options) -> Result<(), String> {
     let fast = ratio >= TARGET_RATIO;
     let flat = fs_large.max(as_large).max(fs_small).max(as_small) < TARGET_RSS_KIB;
     println!(
-        "{}: throughput {} ({:.1} % of cat, target ≥ 90 %), memory {} (max {} , target < 64 MiB)",
+        "{}: throughput {} ({:.1} % of cat, target ≥ 90 %), memory {} (max {}, target < 64 MiB)",
         if fast && flat { "PASS" } else { "FAIL" },
         if fast { "ok" } else { "below target" },
         100.0 * ratio,
