@@ -141,8 +141,26 @@ QZB_REV2='$REV2'
 QZB_DOM0_PATH='$D0'
 EOF
 
-zfs list -H -p -t all -o name,type,origin,createtxg,guid,volsize,used -r "$QZB_SRC_POOL" "$QZB_BK_POOL" \
-  > "$QZB_FIXTURE_DIR/zfs-list.tsv"
+zfs list -H -p -t all -o name,type,origin,createtxg,guid,volsize,used,referenced,creation \
+  -r "$QZB_SRC_POOL" "$QZB_BK_POOL" > "$QZB_FIXTURE_DIR/zfs-list.tsv"
+zfs get -H -p -s local -o name,property,value all -r "$QZB_SRC_POOL" "$QZB_BK_POOL" \
+  > "$QZB_FIXTURE_DIR/zfs-local-props.tsv"
+# Real send size estimates per snapshot: full, and incremental from the previous snapshot of the
+# same dataset (or from the clone origin for a clone's first snapshot).
+: > "$QZB_FIXTURE_DIR/send-sizes.tsv"
+prev_ds=""; prev_snap=""
+while IFS=$'\t' read -r snap origin; do
+  ds=${snap%@*}
+  full=$(qzb_send_size "$snap")
+  incr="-"
+  if [ "$ds" = "$prev_ds" ]; then incr=$(qzb_send_size "-i $prev_snap $snap")
+  else
+    o=$(zfs get -H -o value origin "$ds")
+    [ "$o" != "-" ] && incr=$(qzb_send_size "-i $o $snap")
+  fi
+  printf '%s\t%s\t%s\n' "$snap" "$full" "${incr:--}" >> "$QZB_FIXTURE_DIR/send-sizes.tsv"
+  prev_ds=$ds; prev_snap=$snap
+done < <(zfs list -H -p -t snapshot -s createtxg -o name,origin -r "$QZB_SRC_POOL" | sort -s -t@ -k1,1)
 
 /usr/bin/python3 "$QZB_VM_DIR/guest/write-manifest.py" \
   --hashes "$H" --zfs-list "$QZB_FIXTURE_DIR/zfs-list.tsv" --clean "$CLEAN" --dvm-clean "$DVM_CLEAN" \
