@@ -132,6 +132,9 @@ pub struct Session {
     pub reader: BufReader<Watched<ChildStdout>>,
     stderr: Option<JoinHandle<String>>,
     pub activity: Activity,
+    /// Since when we wait for a reply (or the hello), if we do: a peer that trickles bytes is
+    /// never idle, so a whole answer must also arrive within the timeout.
+    waiting: Arc<Mutex<Option<Instant>>>,
     timed_out: Arc<Mutex<bool>>,
     watchdog_stop: Arc<Mutex<bool>>,
     buf: Vec<u8>,
@@ -174,6 +177,7 @@ impl Session {
             ),
             stderr: Some(stderr),
             activity,
+            waiting: Arc::new(Mutex::new(None)),
             timed_out: Arc::new(Mutex::new(false)),
             watchdog_stop: Arc::new(Mutex::new(false)),
             buf: Vec::new(),
@@ -181,9 +185,14 @@ impl Session {
         s.start_watchdog(timeout);
         let hello = (|| -> std::result::Result<(), proto::ProtocolError> {
             let w = s.writer.as_mut().expect("open writer");
-            proto::send_hello(w, proto::Role::Driver)?;
-            proto::expect_hello(&mut s.reader, proto::Role::Receiver)?;
-            Ok(())
+            let sent = proto::send_hello(w, proto::Role::Driver);
+            // Read what the peer sent even if ours could not be written: a shell error or
+            // another version says more than the broken pipe of a peer that already left.
+            s.set_waiting(true);
+            let hello = proto::expect_hello(&mut s.reader, proto::Role::Receiver);
+            s.set_waiting(false);
+            hello?;
+            sent
         })();
         if let Err(e) = hello {
             return Err(s.fail(&format!("handshake with the receiver agent failed: {e}")));
@@ -194,6 +203,7 @@ impl Session {
     fn start_watchdog(&self, timeout: Duration) {
         let child = Arc::clone(&self.child);
         let activity = self.activity.clone();
+        let waiting = Arc::clone(&self.waiting);
         let timed_out = Arc::clone(&self.timed_out);
         let stop = Arc::clone(&self.watchdog_stop);
         std::thread::spawn(move || loop {
@@ -201,7 +211,11 @@ impl Session {
             if stop.lock().map(|s| *s).unwrap_or(true) {
                 return;
             }
-            if activity.idle() > timeout {
+            let overdue = waiting
+                .lock()
+                .map(|w| w.is_some_and(|since| since.elapsed() > timeout))
+                .unwrap_or(false);
+            if activity.idle() > timeout || overdue {
                 if let Ok(mut t) = timed_out.lock() {
                     *t = true;
                 }
@@ -211,6 +225,12 @@ impl Session {
                 return;
             }
         });
+    }
+
+    fn set_waiting(&self, waiting: bool) {
+        if let Ok(mut w) = self.waiting.lock() {
+            *w = waiting.then(Instant::now);
+        }
     }
 
     fn timed_out(&self) -> bool {
@@ -236,7 +256,10 @@ impl Session {
 
     /// Reads one reply (bounded and validated by the protocol crate).
     pub fn read_reply(&mut self) -> Result<proto::Reply> {
-        match proto::read_reply(&mut self.reader, &mut self.buf) {
+        self.set_waiting(true);
+        let reply = proto::read_reply(&mut self.reader, &mut self.buf);
+        self.set_waiting(false);
+        match reply {
             Ok(r) => Ok(r),
             Err(e) => {
                 let msg = if self.timed_out() {
