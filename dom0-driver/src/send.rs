@@ -524,7 +524,8 @@ fn stream_target(
     progress.update(bytes, true);
 
     let reply = session.read_reply();
-    let send_failure = (!send_ok).then(|| {
+    // After a broken write we killed `zfs send` ourselves: that is not its failure.
+    let send_failure = (!send_ok && write_error.is_none()).then(|| {
         format!(
             "`{command}` failed ({}){}",
             match &status {
@@ -539,6 +540,15 @@ fn stream_target(
     });
     match reply {
         Ok(proto::Reply::Receive(proto::ReceiveResult::Ok { snapshot, guid, .. })) => {
+            if let Some(w) = write_error {
+                return Outcome::Failed {
+                    error: Error::Security(format!(
+                        "the receiver reported success for {} although the stream to it broke ({w})",
+                        sanitize(snapshot.as_str())
+                    )),
+                    session_usable: false,
+                };
+            }
             if let Some(f) = send_failure {
                 return Outcome::Failed {
                     error: Error::Security(format!(
