@@ -7,6 +7,7 @@
 #   FUZZ_SECONDS=20     seconds of fuzzing per target (after the corpus has been replayed)
 #   FUZZ_JOBS=<nproc>   targets run at the same time
 #   FUZZ_TARGETS="a b"  only these targets (default: all in fuzz/Cargo.toml)
+#   FUZZ_KEEP=1         keep fuzz/target/smoke-*/ (logs, new inputs) after a clean run too
 #   FUZZ_BUILD=cargo-fuzz|plain
 #       cargo-fuzz (default): `cargo fuzz build -s none` (cargo-fuzz is installed with
 #       `cargo install --locked` when missing); plain: the same instrumentation flags with
@@ -15,8 +16,8 @@
 # Needs a stable Rust toolchain and a C++ compiler (libFuzzer is built from source by the
 # libfuzzer-sys crate). No sanitizer: ASan needs a nightly compiler, and every crate under test
 # forbids unsafe code; a custom allocator catches oversized allocations instead (see
-# docs/fuzzing.md). New inputs found during the run go to fuzz/target/smoke/, never into the
-# committed corpus; crashing inputs go to fuzz/artifacts/<target>/.
+# docs/fuzzing.md). New inputs found during the run go to fuzz/target/smoke-*/ (removed after a
+# clean run), never into the committed corpus; crashing inputs go to fuzz/artifacts/<target>/.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -28,7 +29,6 @@ CARGO_FUZZ_VERSION=0.13.2
 TRIPLE=$(rustc -vV | sed -n 's/^host: //p')
 TARGET_DIR=$ROOT/fuzz/target
 BIN_DIR=$TARGET_DIR/$TRIPLE/release
-WORK=$TARGET_DIR/smoke
 started=$(date +%s)
 
 if [[ -n ${FUZZ_TARGETS:-} ]]; then
@@ -97,8 +97,10 @@ run_one() {
     echo "$rc" >"$WORK/$t.rc"
 }
 
-rm -rf "$WORK"
-mkdir -p "$WORK"
+# Per run, so that two runs in the same tree (a developer and scripts/test-all.sh) do not
+# delete each other's logs and corpora. Removed after a clean run, kept after a failure.
+mkdir -p "$TARGET_DIR"
+WORK=$(mktemp -d "$TARGET_DIR/smoke-XXXXXX")
 running=0
 for t in "${targets[@]}"; do
     if [[ ! -x $BIN_DIR/$t ]]; then
@@ -141,6 +143,11 @@ for t in "${targets[@]}"; do
         echo "reproduce: $BIN_DIR/$t <file from fuzz/artifacts/$t/>"
     fi
 done
+if [[ $failed == 0 && -z ${FUZZ_KEEP:-} ]]; then
+    rm -rf "$WORK"
+else
+    echo "logs and the inputs this run found: $WORK"
+fi
 echo "== fuzz-smoke: total $(($(date +%s) - started)) s"
 echo "fuzz: $passed passed, $failed failed"
 [[ $failed == 0 ]]
