@@ -6,7 +6,7 @@
 //! request = kind 2, payload = bincode(Request)
 //! reply   = kind 3, payload = bincode(Reply)
 //! data    = kind 4, payload = seq:u64le  offset:u64le  blake3(data)[32]  data[1..=1 MiB]
-//! end     = kind 5, payload = total_len:u64le  frame_count:u64le  blake3(all data)[32]
+//! end     = kind 5, payload = total_len:u64le  frame_count:u64le  blake3(frame hashes)[32]
 //! ```
 //! The length is checked against the per-kind maximum *before* any buffer is sized, so a
 //! hostile peer cannot make us allocate more than [`MAX_REPLY_PAYLOAD`].
@@ -382,6 +382,7 @@ pub fn expect_hello<R: Read + ?Sized>(
 pub struct EndFrame {
     pub total_len: u64,
     pub frame_count: u64,
+    /// The stream hash: blake3 over the data frames' 32-byte hashes, in order.
     pub blake3: [u8; 32],
 }
 
@@ -438,10 +439,12 @@ impl StreamFramer {
             let p = &mut prefix[FRAME_HEADER_LEN..];
             p[0..8].copy_from_slice(&self.seq.to_le_bytes());
             p[8..16].copy_from_slice(&self.offset.to_le_bytes());
-            p[16..48].copy_from_slice(blake3::hash(chunk).as_bytes());
+            let hash = blake3::hash(chunk);
+            p[16..48].copy_from_slice(hash.as_bytes());
             writer.write_all(&prefix)?;
             writer.write_all(chunk)?;
-            self.whole.update(chunk);
+            // The stream hash chains the frame hashes: every byte is hashed once per side.
+            self.whole.update(hash.as_bytes());
             self.seq += 1;
             self.offset += chunk.len() as u64;
         }
@@ -510,10 +513,11 @@ impl StreamVerifier {
                 got: offset,
             });
         }
-        if blake3::hash(data).as_bytes() != &payload[16..48] {
+        let hash = blake3::hash(data);
+        if hash.as_bytes() != &payload[16..48] {
             return Err(ProtocolError::DataChecksum { seq });
         }
-        self.whole.update(data);
+        self.whole.update(hash.as_bytes());
         self.seq += 1;
         self.offset += data.len() as u64;
         Ok(data)
