@@ -643,6 +643,28 @@ fn describe_failure(f: &proto::ReceiveFailure) -> String {
     msg
 }
 
+/// Reports a failed target, keeps its error in the state, and remembers the first security
+/// refusal (it decides the exit status).
+fn record_failure(
+    store: &Store,
+    state: &mut BackupState,
+    i: usize,
+    error: &Error,
+    security: &mut Option<Error>,
+) -> Result<()> {
+    eprintln!(
+        "{} {}: {}",
+        Style::for_stderr().red("failed"),
+        state.targets[i].target.snapshot,
+        sanitize(&error.to_string())
+    );
+    if matches!(error, Error::Security(_)) {
+        security.get_or_insert(Error::Security(error.to_string()));
+    }
+    state.targets[i].last_error = Some(error.to_string());
+    store.save(state)
+}
+
 /// Runs `send`: every target that is not done, in plan order.
 pub fn send(
     runner: &dyn Runner,
@@ -703,16 +725,7 @@ pub fn send(
         let step = match step {
             Ok(s) => s,
             Err(e) => {
-                eprintln!(
-                    "{} {snapshot}: {}",
-                    style.red("failed"),
-                    sanitize(&e.to_string())
-                );
-                if matches!(e, Error::Security(_)) {
-                    security.get_or_insert(Error::Security(e.to_string()));
-                }
-                state.targets[i].last_error = Some(e.to_string());
-                store.save(state)?;
+                record_failure(store, state, i, &e, &mut security)?;
                 failed.push(i);
                 continue;
             }
@@ -782,16 +795,7 @@ pub fn send(
                         error,
                         session_usable,
                     } => {
-                        eprintln!(
-                            "{} {snapshot}: {}",
-                            style.red("failed"),
-                            sanitize(&error.to_string())
-                        );
-                        if matches!(error, Error::Security(_)) {
-                            security.get_or_insert(Error::Security(error.to_string()));
-                        }
-                        state.targets[i].last_error = Some(error.to_string());
-                        store.save(state)?;
+                        record_failure(store, state, i, &error, &mut security)?;
                         failed.push(i);
                         if !session_usable {
                             if let Some(s) = session.take() {
