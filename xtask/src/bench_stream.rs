@@ -457,7 +457,10 @@ fn wait_ok(child: &mut Child, what: &str) -> Result<(), String> {
     }
 }
 
-fn run_cat(setup: &Setup, bytes: u64) -> Result<Measure, String> {
+/// `source | cat [| cat] | sink`: `stages` cats in the middle. Two cats have the qzb arm's
+/// topology (two processes between source and sink), so that ratio isolates what framing and
+/// hashing cost over plain copying.
+fn run_cat(setup: &Setup, bytes: u64, stages: usize) -> Result<Measure, String> {
     let state = setup.fresh_state("cat")?;
     let cpu0 = children_cpu();
     let started = Instant::now();
@@ -466,19 +469,27 @@ fn run_cat(setup: &Setup, bytes: u64) -> Result<Measure, String> {
         .stdout(Stdio::piped())
         .spawn()
         .map_err(|e| format!("source: {e}"))?;
-    let mut cat = Command::new("cat")
-        .stdin(source.stdout.take().expect("piped"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cat: {e}"))?;
+    let mut input: Stdio = source.stdout.take().expect("piped").into();
+    let mut cats = Vec::new();
+    for _ in 0..stages {
+        let mut cat = Command::new("cat")
+            .stdin(input)
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cat: {e}"))?;
+        input = cat.stdout.take().expect("piped").into();
+        cats.push(cat);
+    }
     let mut sink = Command::new(setup.bin.join("zfs"))
         .args(["receive", "-s", "-u", "-o", "volmode=none", SNAPSHOT])
         .env(STATE_ENV, &state)
-        .stdin(cat.stdout.take().expect("piped"))
+        .stdin(input)
         .spawn()
         .map_err(|e| format!("sink: {e}"))?;
     wait_ok(&mut source, "source")?;
-    wait_ok(&mut cat, "cat")?;
+    for cat in &mut cats {
+        wait_ok(cat, "cat")?;
+    }
     wait_ok(&mut sink, "sink")?;
     let secs = started.elapsed().as_secs_f64();
     let cpu = children_cpu() - cpu0;
@@ -487,7 +498,7 @@ fn run_cat(setup: &Setup, bytes: u64) -> Result<Measure, String> {
         return Err(format!("cat arm: sink got {got} of {bytes} bytes"));
     }
     Ok(Measure {
-        arm: "cat",
+        arm: if stages == 1 { "cat" } else { "cat|cat" },
         bytes,
         secs,
         cpu,
@@ -728,7 +739,9 @@ fn orchestrate(args: &[String]) -> Result<(), String> {
 
 fn bench(setup: &Setup, opts: &Options) -> Result<(), String> {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    println!("bench-stream: source → framer → agent → sink vs source → cat → sink");
+    println!(
+        "bench-stream: source → framer → agent → sink vs source → cat → sink (and → cat → cat →)"
+    );
     println!(
         "machine: {cores} cores; load average before: {}; blake3 single-thread: {:.0} MiB/s \
          (avx2 {}, avx512f {})",
@@ -753,16 +766,21 @@ fn bench(setup: &Setup, opts: &Options) -> Result<(), String> {
     print_row(&small, None);
 
     let mut cats = Vec::new();
+    let mut cat2s = Vec::new();
     let mut qzbs = Vec::new();
     for _ in 0..opts.rounds {
-        let c = run_cat(setup, opts.bytes)?;
+        let c = run_cat(setup, opts.bytes, 1)?;
         print_row(&c, None);
+        let c2 = run_cat(setup, opts.bytes, 2)?;
+        print_row(&c2, None);
         let q = run_qzb(setup, opts.bytes)?;
         print_row(&q, Some(c.mib_s()));
         cats.push(c);
+        cat2s.push(c2);
         qzbs.push(q);
     }
     let cat_med = median(cats.iter().map(Measure::mib_s).collect());
+    let cat2_med = median(cat2s.iter().map(Measure::mib_s).collect());
     let qzb_med = median(qzbs.iter().map(Measure::mib_s).collect());
     let ratio = qzb_med / cat_med;
     let rss = |f: fn(&FrameReport) -> u64, ms: &[&Measure]| {
@@ -787,6 +805,10 @@ fn bench(setup: &Setup, opts: &Options) -> Result<(), String> {
          (target ≥ {:.0} %)",
         100.0 * ratio,
         100.0 * TARGET_RATIO
+    );
+    println!(
+        "same topology (source | cat | cat | sink): {cat2_med:.0} MiB/s: qzb = {:.1} % of it",
+        100.0 * qzb_med / cat2_med
     );
     println!(
         "cores busy (CPU s / wall s, median): cat arm {:.2}, qzb arm {:.2}",
