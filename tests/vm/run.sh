@@ -15,7 +15,8 @@
 #   QZB_VM_MEMORY     guest memory (default 3G)     QZB_VM_CPUS  guest CPUs (default 2)
 #   QZB_VM_TIMEOUT    seconds before the VM is killed (default 1800)
 #   QZB_VM_RUN_DIR    where the log and outputs go (default $QZB_VM_CACHE/runs/<timestamp>)
-#   QZB_VM_RECORD=1   copy recorded real ZFS outputs ($QZB_VM_OUT/recorded/*) into tests/vm/recorded/
+#   QZB_VM_RECORD=1   copy recorded real ZFS outputs ($QZB_VM_OUT/recorded/*, plus the fixture's
+#                     manifests) into tests/vm/recorded/<zfs version>/
 #   QZB_VM_KVM=1      try KVM instead of TCG (does not work on the usual CI machine)
 set -euo pipefail
 
@@ -110,6 +111,11 @@ if [ "${QZB_VM_RECORD:-0}" = 1 ] && [ -d "$RUN_DIR/out/recorded" ]; then
     rm -rf "$HERE/recorded/$name"
     mkdir -p "$HERE/recorded/$name"
     cp -r "$d". "$HERE/recorded/$name/"
+    # The fixture the outputs were taken from (names, guids and manifests match them).
+    if [ -d "$RUN_DIR/out/fixture" ]; then
+      mkdir -p "$HERE/recorded/$name/fixture"
+      cp "$RUN_DIR/out/fixture"/* "$HERE/recorded/$name/fixture/"
+    fi
     echo "run.sh: recorded real outputs copied to tests/vm/recorded/$name/"
   done
 fi
