@@ -351,6 +351,26 @@ mod tests {
     }
 
     #[test]
+    fn a_write_killed_midway_leaves_the_previous_state_readable() {
+        let dir = std::env::temp_dir().join(format!("qzb-state-crash-{}", std::process::id()));
+        let store = Store::new(&dir);
+        let s = sample();
+        store.save(&s).unwrap();
+        // A writer killed before its rename leaves only its temp file, possibly torn.
+        let full = serde_json::to_vec_pretty(&s).unwrap();
+        for cut in [0, 1, full.len() / 2, full.len() - 1] {
+            fs::write(dir.join(".mybackup1.json.tmp-424242"), &full[..cut]).unwrap();
+            let back = store.load("mybackup1").unwrap();
+            assert_eq!(back.raw_config, s.raw_config);
+            assert_eq!(store.list().unwrap().len(), 1, "temp files are not backups");
+        }
+        // The next save replaces the state whole.
+        store.save(&s).unwrap();
+        assert!(store.load("mybackup1").is_ok());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn corrupt_or_newer_state_is_refused_clearly() {
         let dir = std::env::temp_dir().join(format!("qzb-state-bad-{}", std::process::id()));
         let store = Store::new(&dir);

@@ -483,3 +483,35 @@ fn a_byte_flipped_in_transit_is_caught_and_the_next_send_resumes_from_verified_d
     assert!(resumed(&sys), "resumed from the verified part");
     sys.driver(&["verify", "shared"]).expect(0);
 }
+
+#[test]
+fn a_second_send_of_the_same_backup_is_refused_while_the_first_runs() {
+    let sys = setup(false);
+    let mut c = sys.command(bin("qubes-zfs-backup"));
+    c.arg("--metadata-dir")
+        .arg(&sys.meta)
+        .args(["send", "shared"])
+        .env("QZB_FAKE_SEND_DELAY_MS", "40")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut first = c.spawn().unwrap();
+    let start = Instant::now();
+    while send_calls(&sys).is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "send never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let second = sys.driver(&["send", "shared"]);
+    second.expect(6);
+    assert!(
+        second
+            .stderr
+            .contains("in use by another qubes-zfs-backup process"),
+        "{}",
+        second.stderr
+    );
+    assert_eq!(first.wait().unwrap().code(), Some(0));
+    sys.driver(&["verify", "shared"]).expect(0);
+}
