@@ -491,7 +491,7 @@ fn a_second_send_of_the_same_backup_is_refused_while_the_first_runs() {
     c.arg("--metadata-dir")
         .arg(&sys.meta)
         .args(["send", "shared"])
-        .env("QZB_FAKE_SEND_DELAY_MS", "40")
+        .env("QZB_FAKE_SEND_DELAY_MS", "15")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     let mut first = c.spawn().unwrap();
