@@ -26,10 +26,12 @@ impl Model {
         p
     }
 
+    /// The stream hash chains the frame hashes (protocol/README.md): blake3 over the 32-byte
+    /// blake3 of each data frame's data, in order.
     pub fn accept(&mut self, data: &[u8]) {
         self.seq += 1;
         self.offset += data.len() as u64;
-        self.whole.update(data);
+        self.whole.update(blake3::hash(data).as_bytes());
     }
 
     pub fn end_frame(&self) -> EndFrame {
