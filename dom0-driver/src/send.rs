@@ -270,6 +270,11 @@ fn continue_cut_package(
         return Ok(None);
     }
     let common = SnapshotName::new(ds.clone(), snaps[pos].label.clone());
+    // The receiver ends at the planned source itself: that is the planned stream, not a
+    // continuation (the normal path sends it, and checks the source's guid).
+    if target.incremental_source.as_ref() == Some(&common) {
+        return Ok(None);
+    }
     // Only where the plan's own source is not newer than what the receiver has.
     if let Some(planned) = &target.incremental_source {
         if planned.dataset == *ds {
@@ -1192,9 +1197,19 @@ mod tests {
         let e = decide(&t, &root(), &receiver(&[("a", 77)], None), &source(), false).unwrap_err();
         assert!(e.to_string().contains("guid 77, not 1"), "{e}");
         let step = decide(&t, &root(), &receiver(&[("a", 1)], None), &source(), false).unwrap();
-        let Step::Send { args, .. } = step else {
+        let Step::Send {
+            mode, args, note, ..
+        } = step
+        else {
             panic!()
         };
+        // The planned stream, not a "continuation" of an interrupted package (found on real
+        // ZFS: every incremental said "continuing from @a, which the receiver already has").
+        assert_eq!(note, None);
+        assert!(matches!(
+            mode,
+            proto::ReceiveMode::Incremental { from_guid: 1, .. }
+        ));
         assert_eq!(
             args,
             [
