@@ -142,30 +142,26 @@ qzb_cmp_backup() {
   echo "same: $src = $dst (guid $gs, ${hs:0:16})"
 }
 
-# qzb_status_check <backup> <file>: status --json into <file>; every target marked done must be on
-# the receiver with the source's guid (received_guid = target guid = the receiver's real guid).
-# Prints "<done> <total>".
+# qzb_status_check <backup> <file> <receiver root>: status --json into <file>; every target
+# marked done must be on the receiver with the source's guid (received_guid = the planned guid =
+# the receiver's real guid). Prints "<done> <total>"; fails (message on stderr) otherwise.
+# (awk over the pretty-printed JSON, not python: this runs after every fault-matrix row, in TCG.)
 qzb_status_check() {
-  local name=$1 f=$2 root=$3
-  qzb_drv status --json "$name" > "$f" 2>/dev/null || qzb_fail "status --json $name failed"
-  /usr/bin/python3 - "$f" "$root" <<'EOF'
-import json, subprocess, sys
-targets = json.load(open(sys.argv[1]))
-root = sys.argv[2]
-done = 0
-for t in targets:
-    if t["send_state"] != "done":
-        continue
-    done += 1
-    dest = f"{root}/{t['snapshot']}"
-    r = subprocess.run(["zfs", "get", "-H", "-p", "-o", "value", "guid", dest],
-                       capture_output=True, text=True)
-    have = int(r.stdout.strip()) if r.returncode == 0 else None
-    # guids are JSON strings (u64 does not fit a double) or numbers
-    num = lambda g: None if g is None else int(g)
-    if not (num(t["received_guid"]) == num(t["guid"]) == have):
-        sys.exit(f"FAIL: {t['snapshot']} is marked done but the receiver has guid {have} "
-                 f"(planned {t['guid']}, received_guid {t['received_guid']})")
-print(done, len(targets))
-EOF
+  local name=$1 f=$2 root=$3 snap guid rguid n=0 total have
+  qzb_drv status --json "$name" > "$f" 2>/dev/null || { echo "status --json $name failed" >&2; return 1; }
+  total=$(grep -c '^    "send_state": ' "$f" || true)
+  while read -r snap guid rguid; do
+    n=$((n + 1))
+    have=$(zfs get -H -p -o value guid "$root/$snap" 2>/dev/null || echo none)
+    if [ "$guid" != "$rguid" ] || [ "$have" != "$guid" ]; then
+      echo "FAIL: $snap is marked done but the receiver has guid $have (planned $guid, received_guid $rguid)" >&2
+      return 1
+    fi
+  done < <(awk -F': ' '
+    /^    "snapshot": / {s=$2; gsub(/[",]/, "", s)}
+    /^    "guid": / {g=$2; gsub(/[",]/, "", g)}
+    /^    "received_guid": / {r=$2; gsub(/[",]/, "", r)}
+    /^    "send_state": "done"/ {d=1}
+    /^  }/ {if (d) print s, g, r; d=0; s=g=r=""}' "$f")
+  echo "$n $total"
 }
