@@ -11,8 +11,18 @@ if ! "$HERE/setup.sh"; then
   echo "VM-SKIP: tests/vm/setup.sh failed; the real-ZFS tests did not run" >&2
   exit 1
 fi
+# The driver cases (10-*, 11-*, 12-*) run the workspace's real binaries inside the VM (the guest
+# sees the host's / read-only, target/debug included): build them first, so ci.sh works alone.
+REPO=$(cd "$HERE/../.." && pwd)
+echo "== tests/vm/ci.sh: cargo build --workspace --bins"
+if ! (cd "$REPO" && cargo build --workspace --bins); then
+  echo "tests/vm/ci.sh: cargo build failed; the VM cases need target/debug/qubes-zfs-backup{,-receiver} and qzb-fake" >&2
+  exit 1
+fi
+# Where the guest finds them (run.sh passes every QZB_* variable into the guest).
+export QZB_TARGET_DIR=${QZB_TARGET_DIR:-${CARGO_TARGET_DIR:-$REPO/target}/debug}
 t1=$(date +%s)
-echo "== tests/vm/ci.sh: setup took $((t1 - t0))s; booting the VM for all cases"
+echo "== tests/vm/ci.sh: setup and build took $((t1 - t0))s; booting the VM for all cases"
 set +e
 "$HERE/run.sh" "$HERE/guest/run-cases.sh" "$@"
 rc=$?

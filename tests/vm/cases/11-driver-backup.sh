@@ -33,6 +33,7 @@ cleanup() ( # a subshell: its set +e stays inside
   zfs destroy -r "$P/archive"
   zfs list -H -o name -t snapshot -r "$P" | grep -E '@qzb-(b0|b1|b2|mid)$' | xargs -r -n1 zfs destroy
   rm -f "$QZB_DOM0_PATH/home/user/b2-new.bin"
+  true
 )
 trap cleanup EXIT
 zfs destroy -r "$ROOT/$P" 2>/dev/null || true
