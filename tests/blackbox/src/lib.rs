@@ -90,11 +90,21 @@ impl FakeSystem {
         c
     }
 
-    /// Runs the driver with the given arguments.
-    pub fn driver(&self, args: &[&str]) -> Run {
+    /// The driver with the given arguments, not started yet: add fault-injection `.env(..)`,
+    /// then `.output()` or `.spawn()`.
+    pub fn driver_command(&self, args: &[&str]) -> Command {
         let mut c = self.command(bin("qubes-zfs-backup"));
         c.arg("--metadata-dir").arg(&self.meta).args(args);
-        Run::from(c.output().expect("run qubes-zfs-backup"))
+        c
+    }
+
+    /// Runs the driver with the given arguments.
+    pub fn driver(&self, args: &[&str]) -> Run {
+        Run::from(
+            self.driver_command(args)
+                .output()
+                .expect("run qubes-zfs-backup"),
+        )
     }
 
     /// Runs the fake `zfs` directly, as a host would (to change the system mid-test).

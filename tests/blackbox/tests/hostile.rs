@@ -78,11 +78,8 @@ fn setup() -> FakeSystem {
 
 /// Runs the driver against the hostile agent in `mode`.
 fn hostile(sys: &FakeSystem, mode: &str, env: &[(&str, &str)], args: &[&str]) -> Run {
-    let mut c = sys.command(bin("qubes-zfs-backup"));
-    c.arg("--metadata-dir")
-        .arg(&sys.meta)
-        .args(args)
-        .env("QZB_FAKE_AGENT", bin("qzb-hostile-agent"))
+    let mut c = sys.driver_command(args);
+    c.env("QZB_FAKE_AGENT", bin("qzb-hostile-agent"))
         .env("QZB_HOSTILE", mode);
     for (k, v) in env {
         c.env(k, v);

@@ -2,7 +2,7 @@
 //! stand-in `qrexec-client` that execs it as qrexec would, and the fake `zfs` on both sides.
 //! Faults are injected into `zfs send`, `zfs receive`, the qrexec connection and the driver.
 
-use qzb_blackbox_tests::{bin, FakeSystem};
+use qzb_blackbox_tests::FakeSystem;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -153,11 +153,8 @@ fn full_backup_is_sent_verified_and_uses_the_exact_qrexec_call() {
 fn a_failed_zfs_send_leaves_partial_state_and_the_next_send_resumes_it() {
     let sys = setup(false);
     let once = sys.dir.join("fault-once");
-    let mut c = sys.command(bin("qubes-zfs-backup"));
-    c.arg("--metadata-dir")
-        .arg(&sys.meta)
-        .args(["send", "shared"])
-        .env("QZB_FAKE_SEND_DIE_AFTER", (3u64 << 20).to_string())
+    let mut c = sys.driver_command(&["send", "shared"]);
+    c.env("QZB_FAKE_SEND_DIE_AFTER", (3u64 << 20).to_string())
         .env("QZB_FAKE_FAULT_ONCE", &once);
     let run = qzb_blackbox_tests::Run::from(c.output().unwrap());
     run.expect(8);
@@ -184,11 +181,8 @@ fn a_failed_zfs_send_leaves_partial_state_and_the_next_send_resumes_it() {
 #[test]
 fn a_driver_killed_mid_stream_loses_nothing() {
     let sys = setup(false);
-    let mut c = sys.command(bin("qubes-zfs-backup"));
-    c.arg("--metadata-dir")
-        .arg(&sys.meta)
-        .args(["send", "shared"])
-        .env("QZB_FAKE_SEND_DELAY_MS", "40")
+    let mut c = sys.driver_command(&["send", "shared"]);
+    c.env("QZB_FAKE_SEND_DELAY_MS", "40")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     let mut child = c.spawn().unwrap();
@@ -228,11 +222,8 @@ fn a_cut_qrexec_connection_and_a_killed_receive_both_resume() {
         ("QZB_FAKE_RECV_DIE_AFTER", (3u64 << 20).to_string()),
     ] {
         let sys = setup(false);
-        let mut c = sys.command(bin("qubes-zfs-backup"));
-        c.arg("--metadata-dir")
-            .arg(&sys.meta)
-            .args(["send", "shared"])
-            .env(var, &value)
+        let mut c = sys.driver_command(&["send", "shared"]);
+        c.env(var, &value)
             .env("QZB_FAKE_FAULT_ONCE", sys.dir.join("once"));
         let run = qzb_blackbox_tests::Run::from(c.output().unwrap());
         assert_ne!(run.code, 0, "{var}: {}", run.stdout);
@@ -246,11 +237,8 @@ fn a_cut_qrexec_connection_and_a_killed_receive_both_resume() {
 #[test]
 fn a_forged_resume_token_is_refused_and_nothing_unplanned_is_sent() {
     let sys = setup(false);
-    let mut c = sys.command(bin("qubes-zfs-backup"));
-    c.arg("--metadata-dir")
-        .arg(&sys.meta)
-        .args(["send", "shared"])
-        .env("QZB_FAKE_SEND_DIE_AFTER", (3u64 << 20).to_string())
+    let mut c = sys.driver_command(&["send", "shared"]);
+    c.env("QZB_FAKE_SEND_DIE_AFTER", (3u64 << 20).to_string())
         .env("QZB_FAKE_FAULT_ONCE", sys.dir.join("once"));
     qzb_blackbox_tests::Run::from(c.output().unwrap()).expect(8);
     // A compromised backup qube rewrites its partial state to ask for dom0's other data.
@@ -290,11 +278,8 @@ fn a_forged_resume_token_is_refused_and_nothing_unplanned_is_sent() {
 #[test]
 fn a_refused_qrexec_call_is_explained() {
     let sys = setup(false);
-    let mut c = sys.command(bin("qubes-zfs-backup"));
-    c.arg("--metadata-dir")
-        .arg(&sys.meta)
-        .args(["send", "shared"])
-        .env("QZB_FAKE_QREXEC_REFUSE", "1");
+    let mut c = sys.driver_command(&["send", "shared"]);
+    c.env("QZB_FAKE_QREXEC_REFUSE", "1");
     let run = qzb_blackbox_tests::Run::from(c.output().unwrap());
     run.expect(7);
     assert!(
@@ -358,11 +343,8 @@ fn verify_reports_a_snapshot_whose_guid_changed_on_the_receiver() {
 #[test]
 fn abort_discards_partial_state_after_confirmation() {
     let sys = setup(false);
-    let mut c = sys.command(bin("qubes-zfs-backup"));
-    c.arg("--metadata-dir")
-        .arg(&sys.meta)
-        .args(["send", "shared"])
-        .env("QZB_FAKE_SEND_DIE_AFTER", (3u64 << 20).to_string())
+    let mut c = sys.driver_command(&["send", "shared"]);
+    c.env("QZB_FAKE_SEND_DIE_AFTER", (3u64 << 20).to_string())
         .env("QZB_FAKE_FAULT_ONCE", sys.dir.join("once"));
     qzb_blackbox_tests::Run::from(c.output().unwrap()).expect(8);
     // No terminal and no --yes: refused.
@@ -464,10 +446,8 @@ fn a_halted_receiver_or_a_qube_the_policy_does_not_name_is_refused_before_any_ca
 #[test]
 fn a_byte_flipped_in_transit_is_caught_and_the_next_send_resumes_from_verified_data() {
     let sys = setup(false);
-    let mut c = sys.command(bin("qubes-zfs-backup"));
-    c.arg("--metadata-dir")
-        .arg(&sys.meta)
-        .args(["send", "shared"])
+    let mut c = sys.driver_command(&["send", "shared"]);
+    c
         // Deep inside the first stream's data (the session's first bytes are hello and requests).
         .env("QZB_FAKE_QREXEC_FLIP_TO_SERVICE", (5u64 << 20).to_string());
     let run = qzb_blackbox_tests::Run::from(c.output().unwrap());
@@ -487,11 +467,8 @@ fn a_byte_flipped_in_transit_is_caught_and_the_next_send_resumes_from_verified_d
 #[test]
 fn a_second_send_of_the_same_backup_is_refused_while_the_first_runs() {
     let sys = setup(false);
-    let mut c = sys.command(bin("qubes-zfs-backup"));
-    c.arg("--metadata-dir")
-        .arg(&sys.meta)
-        .args(["send", "shared"])
-        .env("QZB_FAKE_SEND_DELAY_MS", "15")
+    let mut c = sys.driver_command(&["send", "shared"]);
+    c.env("QZB_FAKE_SEND_DELAY_MS", "15")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     let mut first = c.spawn().unwrap();
