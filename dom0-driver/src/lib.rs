@@ -13,6 +13,7 @@ pub mod inventory;
 pub mod names;
 pub mod output;
 pub mod plan;
+pub mod pump;
 pub mod report;
 pub mod send;
 pub mod snapshot;

@@ -16,7 +16,7 @@ use crate::state::{BackupState, SendState, Store, TargetState};
 use crate::transport::{Activity, Session};
 use qzb_protocol as proto;
 use std::collections::HashMap;
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -478,47 +478,34 @@ fn stream_target(
             }
         }
     };
-    let mut stdout = child.stdout.take().expect("piped stdout");
+    let stdout = child.stdout.take().expect("piped stdout");
     let stderr = child.stderr.take().expect("piped stderr");
     let stderr = std::thread::spawn(move || crate::transport::read_bounded(stderr, 16 * 1024));
 
-    let mut framer = proto::StreamFramer::new();
     let mut progress = Progress::new(label.clone(), estimate);
-    let mut buf = vec![0u8; proto::MAX_DATA_CHUNK];
     let activity: Activity = session.activity.clone();
-    let mut write_error = None;
-    let mut read_error = None;
-    loop {
-        let n = match read_full_chunk(&mut stdout, &mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) => {
-                read_error = Some(e);
-                break;
-            }
-        };
-        activity.touch();
-        let w = session.writer.as_mut().expect("open writer");
-        if let Err(e) = framer.write_data(w, &buf[..n]) {
-            write_error = Some(e.to_string());
-            break;
-        }
-        activity.touch();
-        progress.update(framer.bytes(), false);
-    }
-    // If the receiver went away, stop zfs send now rather than let it block on a full pipe.
-    if write_error.is_some() {
-        let _ = child.kill();
-    }
-    drop(stdout);
+    let w = session.writer.as_mut().expect("open writer");
+    let pumped = crate::pump::pump(
+        stdout,
+        w,
+        &activity,
+        // If the receiver went away, stop zfs send now rather than let it block on a full pipe.
+        || {
+            let _ = child.kill();
+        },
+        |bytes| progress.update(bytes, false),
+    );
     let status = child.wait();
     let send_stderr = stderr.join().unwrap_or_default();
-    let send_ok = matches!(&status, Ok(s) if s.success()) && read_error.is_none();
-    let bytes = framer.bytes();
+    let send_ok = matches!(&status, Ok(s) if s.success()) && pumped.read_error.is_none();
+    let bytes = pumped.bytes;
+    let mut write_error = pumped
+        .write_error
+        .map(|e| proto::ProtocolError::Io(e).to_string());
 
     if write_error.is_none() && send_ok {
         let w = session.writer.as_mut().expect("open writer");
-        if let Err(e) = framer.finish(w) {
+        if let Err(e) = pumped.framer.finish(w) {
             write_error = Some(e.to_string());
         }
     } else if write_error.is_none() {
@@ -610,30 +597,6 @@ fn stream_target(
             session_usable: false,
         },
     }
-}
-
-/// Frames are cut once this much is read: large enough that hashing and framing cost nothing
-/// next to the data, small enough that an interrupted stream leaves verified data behind (the
-/// agent holds back only the last frame) and progress moves smoothly.
-const MIN_FRAME: usize = 256 * 1024;
-
-/// Reads at least [`MIN_FRAME`] bytes (or up to EOF) into `buf` before framing.
-fn read_full_chunk(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < MIN_FRAME.min(buf.len()) {
-        match r.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) if filled > 0 => {
-                // Frame what arrived; the error shows up on the next read.
-                tracing::debug!(error = %e, "read error after {filled} bytes");
-                break;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
 }
 
 fn describe_failure(f: &proto::ReceiveFailure) -> String {

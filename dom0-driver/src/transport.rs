@@ -94,8 +94,14 @@ pub fn explain_exit(code: Option<i32>, qube: &str) -> String {
 #[derive(Clone)]
 pub struct Activity(Arc<Mutex<Instant>>);
 
+impl Default for Activity {
+    fn default() -> Self {
+        Activity::new()
+    }
+}
+
 impl Activity {
-    fn new() -> Self {
+    pub fn new() -> Self {
         Activity(Arc::new(Mutex::new(Instant::now())))
     }
 

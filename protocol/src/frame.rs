@@ -26,6 +26,8 @@ pub const HELLO_PAYLOAD_LEN: usize = 16;
 pub const MAX_DATA_CHUNK: usize = 1 << 20;
 /// Bytes before the data in a data frame payload (seq, offset, blake3).
 pub const DATA_PREFIX_LEN: usize = 8 + 8 + 32;
+/// Bytes on the wire before the data of a data frame: frame header and payload prefix.
+pub const DATA_FRAME_PREFIX_LEN: usize = FRAME_HEADER_LEN + DATA_PREFIX_LEN;
 /// Largest data frame payload.
 pub const MAX_DATA_PAYLOAD: usize = DATA_PREFIX_LEN + MAX_DATA_CHUNK;
 /// End frame payload size.
@@ -249,8 +251,13 @@ pub fn read_frame<R: Read + ?Sized>(
             max,
         });
     }
-    payload.clear();
-    payload.resize(len_usize, 0);
+    // Reuse what the buffer already holds instead of zero-filling a megabyte per frame: every
+    // byte up to `len` is overwritten below, and on a short read the caller gets an error.
+    if payload.len() >= len_usize {
+        payload.truncate(len_usize);
+    } else {
+        payload.resize(len_usize, 0);
+    }
     if !read_full(reader, payload, "frame payload")? {
         return Err(ProtocolError::Truncated {
             what: "frame payload",
@@ -433,22 +440,40 @@ impl StreamFramer {
         data: &[u8],
     ) -> Result<(), ProtocolError> {
         for chunk in data.chunks(MAX_DATA_CHUNK) {
-            let mut prefix = [0u8; FRAME_HEADER_LEN + DATA_PREFIX_LEN];
-            prefix[..FRAME_HEADER_LEN]
-                .copy_from_slice(&header(FrameKind::Data, DATA_PREFIX_LEN + chunk.len()));
-            let p = &mut prefix[FRAME_HEADER_LEN..];
-            p[0..8].copy_from_slice(&self.seq.to_le_bytes());
-            p[8..16].copy_from_slice(&self.offset.to_le_bytes());
-            let hash = blake3::hash(chunk);
-            p[16..48].copy_from_slice(hash.as_bytes());
+            let prefix = self.frame_prefix(chunk);
             writer.write_all(&prefix)?;
             writer.write_all(chunk)?;
-            // The stream hash chains the frame hashes: every byte is hashed once per side.
-            self.whole.update(hash.as_bytes());
-            self.seq += 1;
-            self.offset += chunk.len() as u64;
         }
         Ok(())
+    }
+
+    /// Frames one chunk without writing it: returns the bytes (frame header, seq, offset,
+    /// blake3) that must go on the wire right before `chunk`, and counts the chunk as framed.
+    /// For a sender that hashes on one thread and writes on another; the prefixes must be
+    /// written in the order they were made, each followed by its chunk.
+    ///
+    /// # Panics
+    /// If `chunk` is empty or longer than [`MAX_DATA_CHUNK`] (a data frame carries 1 byte to
+    /// 1 MiB; [`StreamFramer::write_data`] splits for you).
+    pub fn frame_prefix(&mut self, chunk: &[u8]) -> [u8; DATA_FRAME_PREFIX_LEN] {
+        assert!(
+            !chunk.is_empty() && chunk.len() <= MAX_DATA_CHUNK,
+            "a data frame carries 1..={MAX_DATA_CHUNK} bytes, not {}",
+            chunk.len()
+        );
+        let mut prefix = [0u8; DATA_FRAME_PREFIX_LEN];
+        prefix[..FRAME_HEADER_LEN]
+            .copy_from_slice(&header(FrameKind::Data, DATA_PREFIX_LEN + chunk.len()));
+        let p = &mut prefix[FRAME_HEADER_LEN..];
+        p[0..8].copy_from_slice(&self.seq.to_le_bytes());
+        p[8..16].copy_from_slice(&self.offset.to_le_bytes());
+        let hash = blake3::hash(chunk);
+        p[16..48].copy_from_slice(hash.as_bytes());
+        // The stream hash chains the frame hashes: every byte is hashed once per side.
+        self.whole.update(hash.as_bytes());
+        self.seq += 1;
+        self.offset += chunk.len() as u64;
+        prefix
     }
 
     pub fn bytes(&self) -> u64 {

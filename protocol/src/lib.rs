@@ -16,9 +16,9 @@ pub mod token;
 
 pub use frame::{
     expect_hello, read_frame, read_frame_required, send_hello, write_frame, EndFrame, FrameKind,
-    Hello, ProtocolError, Role, StreamFramer, StreamVerifier, DATA_PREFIX_LEN, END_PAYLOAD_LEN,
-    FRAME_HEADER_LEN, HELLO_PAYLOAD_LEN, MAGIC, MAX_DATA_CHUNK, MAX_DATA_PAYLOAD,
-    MAX_REPLY_PAYLOAD, MAX_REQUEST_PAYLOAD, PROTOCOL_VERSION,
+    Hello, ProtocolError, Role, StreamFramer, StreamVerifier, DATA_FRAME_PREFIX_LEN,
+    DATA_PREFIX_LEN, END_PAYLOAD_LEN, FRAME_HEADER_LEN, HELLO_PAYLOAD_LEN, MAGIC, MAX_DATA_CHUNK,
+    MAX_DATA_PAYLOAD, MAX_REPLY_PAYLOAD, MAX_REQUEST_PAYLOAD, PROTOCOL_VERSION,
 };
 pub use messages::{
     decode_reply, decode_request, encode_reply, encode_request, read_reply, read_request,

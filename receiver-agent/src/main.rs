@@ -40,7 +40,8 @@ fn main() -> ExitCode {
     if let Some(path) = std::env::var_os(LOCK_ENV) {
         config.lock_path = PathBuf::from(path);
     }
-    let stdin = io::stdin().lock();
+    // Not locked: the stream is read on its own thread (see serve::feed).
+    let stdin = io::stdin();
     let stdout = io::stdout().lock();
     match serve(&config, &SystemZfs::new(), stdin, stdout) {
         Ok(()) => ExitCode::SUCCESS,

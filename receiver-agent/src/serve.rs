@@ -5,6 +5,7 @@ use std::fmt;
 use std::fs::{File, TryLockError};
 use std::io::{Read, Write};
 use std::path::PathBuf;
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -95,7 +96,7 @@ fn zfs_failure(context: &str, e: &ZfsError) -> ReceiveFailure {
 }
 
 /// Serves one qrexec call. Returns `Ok` when the driver ended the session cleanly.
-pub fn serve<R: Read, W: Write>(
+pub fn serve<R: Read + Send, W: Write>(
     config: &Config,
     zfs: &dyn Zfs,
     mut reader: R,
@@ -129,7 +130,7 @@ pub fn serve<R: Read, W: Write>(
             Request::Inventory(req) => write_reply(&mut writer, &inventory(zfs, &req))?,
             Request::Abort(req) => write_reply(&mut writer, &abort(config, zfs, &req))?,
             Request::Receive(req) => {
-                receive(config, zfs, &req, &mut reader, &mut writer, &mut buf)?;
+                receive(config, zfs, &req, &mut reader, &mut writer)?;
             }
         }
     }
@@ -395,93 +396,137 @@ fn stream_error_class(e: &ProtocolError) -> ErrorClass {
     }
 }
 
-/// Feeds verified data to `zfs receive`. The most recent verified data frame is held back
-/// until the next frame arrives and the last one is written only after the end frame
-/// verified, so `zfs receive` never reads the stream's final record (which commits the
-/// snapshot) before the whole stream checked out.
-fn feed<R: Read>(reader: &mut R, process: &mut dyn ReceiveProcess, buf: &mut Vec<u8>) -> Fed {
+/// Frame buffers circulating between the reading and the writing thread of [`feed`]: one
+/// being read and verified, one held back, the rest queued. Each holds at most
+/// `MAX_DATA_PAYLOAD`, so the agent's memory is flat whatever the stream size.
+const FEED_BUFFERS: usize = 4;
+
+/// What the reading thread of [`feed`] hands to the writing one.
+enum Checked {
+    /// A verified data frame payload (the data starts at `DATA_PREFIX_LEN`).
+    Data(Vec<u8>),
+    /// The end frame verified: every data frame has been handed over.
+    End {
+        bytes: u64,
+    },
+    Stopped {
+        class: ErrorClass,
+        message: String,
+    },
+}
+
+/// Reads frames and verifies them, in order; stops after the end frame or the first problem.
+fn read_and_verify<R: Read>(
+    reader: &mut R,
+    free: &mpsc::Receiver<Vec<u8>>,
+    checked: &mpsc::SyncSender<Checked>,
+) {
     let mut verifier = StreamVerifier::new();
-    let mut held: Vec<u8> = Vec::new();
-    let mut holding = false;
-    loop {
-        let kind = match read_frame(reader, buf) {
-            Ok(Some(kind)) => kind,
-            Ok(None) => {
-                return Fed::Stopped {
-                    class: ErrorClass::StreamInterrupted,
-                    message: format!(
-                        "the caller closed the stream before the end frame, after {} bytes",
-                        verifier.bytes()
-                    ),
-                }
-            }
-            Err(e) => {
-                return Fed::Stopped {
+    // The writer gone (it hit an error) ends the loop at the next hand-over.
+    while let Ok(mut buf) = free.recv() {
+        let message = match read_frame(reader, &mut buf) {
+            Ok(Some(FrameKind::Data)) => match verifier.verify_data(&buf) {
+                Ok(_) => Checked::Data(buf),
+                Err(e) => Checked::Stopped {
                     class: stream_error_class(&e),
-                    message: format!("{e} (after {} verified bytes)", verifier.bytes()),
-                }
-            }
-        };
-        match kind {
-            FrameKind::Data => {
-                if let Err(e) = verifier.verify_data(buf) {
-                    return Fed::Stopped {
-                        class: stream_error_class(&e),
-                        message: e.to_string(),
-                    };
-                }
-                if holding {
-                    if let Err(e) = process.stdin().write_all(&held[DATA_PREFIX_LEN..]) {
-                        return Fed::ZfsStopped {
-                            message: format!("zfs receive stopped reading: {e}"),
-                        };
-                    }
-                }
-                std::mem::swap(&mut held, buf);
-                holding = true;
-            }
-            FrameKind::End => {
-                if let Err(e) = verifier.verify_end(buf) {
-                    return Fed::Stopped {
-                        class: stream_error_class(&e),
-                        message: e.to_string(),
-                    };
-                }
-                if holding {
-                    if let Err(e) = process.stdin().write_all(&held[DATA_PREFIX_LEN..]) {
-                        return Fed::ZfsStopped {
-                            message: format!("zfs receive stopped reading: {e}"),
-                        };
-                    }
-                }
-                if let Err(e) = process.stdin().flush() {
-                    return Fed::ZfsStopped {
-                        message: format!("zfs receive stopped reading: {e}"),
-                    };
-                }
-                return Fed::Complete {
+                    message: e.to_string(),
+                },
+            },
+            Ok(Some(FrameKind::End)) => match verifier.verify_end(&buf) {
+                Ok(_) => Checked::End {
                     bytes: verifier.bytes(),
-                };
-            }
-            other => {
-                return Fed::Stopped {
-                    class: ErrorClass::ProtocolViolation,
-                    message: format!("unexpected {other:?} frame inside a data stream"),
-                }
-            }
+                },
+                Err(e) => Checked::Stopped {
+                    class: stream_error_class(&e),
+                    message: e.to_string(),
+                },
+            },
+            Ok(Some(other)) => Checked::Stopped {
+                class: ErrorClass::ProtocolViolation,
+                message: format!("unexpected {other:?} frame inside a data stream"),
+            },
+            Ok(None) => Checked::Stopped {
+                class: ErrorClass::StreamInterrupted,
+                message: format!(
+                    "the caller closed the stream before the end frame, after {} bytes",
+                    verifier.bytes()
+                ),
+            },
+            Err(e) => Checked::Stopped {
+                class: stream_error_class(&e),
+                message: format!("{e} (after {} verified bytes)", verifier.bytes()),
+            },
+        };
+        let last = !matches!(message, Checked::Data(_));
+        if checked.send(message).is_err() || last {
+            return;
         }
     }
 }
 
+/// Feeds verified data to `zfs receive`. A reading thread reads and verifies frames while
+/// this thread writes, so hashing overlaps with `zfs receive`. The most recent verified data
+/// frame is held back until the next frame verified, and the last one is written only after
+/// the end frame verified, so `zfs receive` never reads the stream's final record (which
+/// commits the snapshot) before the whole stream checked out.
+fn feed<R: Read + Send>(reader: &mut R, process: &mut dyn ReceiveProcess) -> Fed {
+    let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
+    let (checked_tx, checked_rx) = mpsc::sync_channel::<Checked>(FEED_BUFFERS);
+    // One buffer stays with the writer (the held frame); the others circulate.
+    for _ in 0..FEED_BUFFERS - 1 {
+        free_tx.send(Vec::new()).expect("receiver alive");
+    }
+    thread::scope(|scope| {
+        scope.spawn(move || read_and_verify(reader, &free_rx, &checked_tx));
+        let mut held: Option<Vec<u8>> = None;
+        let fed = loop {
+            let Ok(message) = checked_rx.recv() else {
+                // Only a panic in the reading thread ends it without a last message; the
+                // scope re-raises it.
+                break Fed::Stopped {
+                    class: ErrorClass::ProtocolViolation,
+                    message: "the stream reader stopped unexpectedly".into(),
+                };
+            };
+            let (next, end) = match message {
+                Checked::Data(buf) => (Some(buf), None),
+                Checked::End { bytes } => (None, Some(bytes)),
+                Checked::Stopped { class, message } => break Fed::Stopped { class, message },
+            };
+            if let Some(data) = held.take() {
+                if let Err(e) = process.stdin().write_all(&data[DATA_PREFIX_LEN..]) {
+                    break Fed::ZfsStopped {
+                        message: format!("zfs receive stopped reading: {e}"),
+                    };
+                }
+                let _ = free_tx.send(data);
+            }
+            held = next;
+            if let Some(bytes) = end {
+                if let Err(e) = process.stdin().flush() {
+                    break Fed::ZfsStopped {
+                        message: format!("zfs receive stopped reading: {e}"),
+                    };
+                }
+                break Fed::Complete { bytes };
+            }
+        };
+        // Unblock the reading thread if it waits for a buffer or for room in the queue. If
+        // it is inside a read, it stops after that frame arrives.
+        drop(checked_rx);
+        drop(free_tx);
+        fed
+    })
+}
+
 /// Handles a receive request. Refusals before `ReceiveReady` leave the session usable; a
 /// failure after it ends the session with `AgentError::ReceiveFailed`.
-fn receive<R: Read, W: Write>(
+fn receive<R: Read + Send, W: Write>(
     config: &Config,
     zfs: &dyn Zfs,
     req: &ReceiveRequest,
     reader: &mut R,
     writer: &mut W,
-    buf: &mut Vec<u8>,
 ) -> Result<(), AgentError> {
     let lock = match acquire_lock(config) {
         Ok(lock) => lock,
@@ -520,7 +565,7 @@ fn receive<R: Read, W: Write>(
         return Err(e.into());
     }
 
-    let fed = feed(reader, process.as_mut(), buf);
+    let fed = feed(reader, process.as_mut());
     let exit = process.finish();
     let result = match fed {
         Fed::Complete { bytes } if exit.success => match zfs.snapshot_guid(&req.snapshot) {

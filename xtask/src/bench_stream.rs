@@ -13,11 +13,11 @@
 //!   `zfs` (a shell script first on PATH that execs `bench-stream zfs ...`), which drains stdin
 //!   with 1 MiB reads. For the agent, the stand-in also answers the `zfs list` / `zfs get`
 //!   calls the real agent makes (formats of receiver-agent/src/zfs.rs).
-//! * **framer** (`bench-stream frame`) does what the dom0 driver's `send` does, with
-//!   `qzb_protocol` only: spawns the agent (as `qrexec-client` would) with
-//!   `QREXEC_REMOTE_DOMAIN=dom0`, hello, a `Receive` request, spawns the source (as `zfs send`),
-//!   reads it in 1 MiB blocks into `StreamFramer::write_data`, `finish`, reads the result. The
-//!   real driver `send` is not used yet (it is being written); switch to it when it exists.
+//! * **framer** (`bench-stream frame`) does what the dom0 driver's `send` does: spawns the
+//!   agent (as `qrexec-client` would) with `QREXEC_REMOTE_DOMAIN=dom0`, hello, a `Receive`
+//!   request, spawns the source (as `zfs send`), and moves its output with the driver's own
+//!   data path, `dom0_driver::pump::pump` (reader/framer thread + writer thread), then
+//!   the end frame, then reads the result.
 //! * The agent is the real `qubes-zfs-backup-receiver` binary (release build).
 //!
 //! The arms alternate (cat, qzb, cat, qzb, ...) on the same stream size; the medians are
@@ -35,8 +35,7 @@ use std::time::{Duration, Instant};
 
 use qzb_protocol::{
     expect_hello, read_reply, send_hello, write_request, DatasetKind, DatasetName, ReceiveMode,
-    ReceiveRequest, ReceiveResult, Reply, Request, Role, SnapshotName, StreamFramer,
-    MAX_DATA_CHUNK,
+    ReceiveRequest, ReceiveResult, Reply, Request, Role, SnapshotName, MAX_DATA_CHUNK,
 };
 
 const MIB: u64 = 1 << 20;
@@ -148,21 +147,6 @@ fn stdin_file() -> Result<File, String> {
         .try_clone_to_owned()
         .map_err(|e| format!("dup stdin: {e}"))?;
     Ok(File::from(fd))
-}
-
-/// Reads until `buf` is full or EOF; returns the bytes read. Pipe reads return at most what
-/// the pipe holds (64 KiB by default), so one `read` is not one block.
-fn read_block(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match reader.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -281,11 +265,10 @@ struct FrameReport {
 }
 
 fn frame(args: &[String]) -> Result<(), String> {
-    let [bytes, chunk, agent, xtask] = args else {
-        return Err("frame: usage: frame BYTES CHUNK AGENT XTASK".into());
+    let [bytes, agent, xtask] = args else {
+        return Err("frame: usage: frame BYTES AGENT XTASK".into());
     };
     let bytes = parse_size(bytes)?;
-    let chunk = parse_size(chunk)? as usize;
     let mut agent = Command::new(agent)
         .env("QREXEC_REMOTE_DOMAIN", "dom0")
         .stdin(Stdio::piped())
@@ -328,24 +311,25 @@ fn frame(args: &[String]) -> Result<(), String> {
         .stdout(Stdio::piped())
         .spawn()
         .map_err(|e| format!("frame: cannot run the source: {e}"))?;
-    let mut from_source = source.stdout.take().expect("piped");
-    let mut framer = StreamFramer::new();
-    let mut block = vec![0u8; chunk];
-    loop {
-        let n = read_block(&mut from_source, &mut block)
-            .map_err(|e| format!("frame: reading the source: {e}"))?;
-        if n == 0 {
-            break;
-        }
-        framer
-            .write_data(&mut to_agent, &block[..n])
-            .map_err(|e| perr("data", e))?;
+    let from_source = source.stdout.take().expect("piped");
+    // The driver's own data path (dom0-driver/src/pump.rs), as `send` runs it.
+    let activity = dom0_driver::transport::Activity::new();
+    let mut to_agent = io::BufWriter::new(to_agent);
+    let pumped = dom0_driver::pump::pump(from_source, &mut to_agent, &activity, || {}, |_| {});
+    if let Some(e) = pumped.read_error {
+        return Err(format!("frame: reading the source: {e}"));
+    }
+    if let Some(e) = pumped.write_error {
+        return Err(format!("frame: writing to the agent: {e}"));
     }
     let source_status = source.wait().map_err(|e| e.to_string())?;
     if !source_status.success() {
         return Err(format!("frame: source {source_status}"));
     }
-    framer.finish(&mut to_agent).map_err(|e| perr("end", e))?;
+    pumped
+        .framer
+        .finish(&mut to_agent)
+        .map_err(|e| perr("end", e))?;
     let result = read_reply(&mut from_agent, &mut reply_buf).map_err(|e| perr("result", e))?;
     let stream_secs = started.elapsed().as_secs_f64();
     let received = match result {
@@ -409,7 +393,6 @@ struct Setup {
     dir: PathBuf,
     bin: PathBuf,
     path: String,
-    chunk: u64,
 }
 
 impl Setup {
@@ -511,12 +494,7 @@ fn run_qzb(setup: &Setup, bytes: u64) -> Result<Measure, String> {
     let cpu0 = children_cpu();
     let started = Instant::now();
     let out = Command::new(&setup.xtask)
-        .args([
-            "bench-stream",
-            "frame",
-            &bytes.to_string(),
-            &setup.chunk.to_string(),
-        ])
+        .args(["bench-stream", "frame", &bytes.to_string()])
         .arg(&setup.agent)
         .arg(&setup.xtask)
         .env("PATH", &setup.path)
@@ -662,7 +640,6 @@ struct Options {
     bytes: u64,
     small: u64,
     rounds: usize,
-    chunk: u64,
 }
 
 fn options(args: &[String]) -> Result<Options, String> {
@@ -677,7 +654,6 @@ fn options(args: &[String]) -> Result<Options, String> {
             .map(|s| s.parse().map_err(|e| format!("QZB_BENCH_ROUNDS: {e}")))
             .transpose()?
             .unwrap_or(DEFAULT_ROUNDS),
-        chunk: MIB,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -686,11 +662,9 @@ fn options(args: &[String]) -> Result<Options, String> {
             "--bytes" => o.bytes = parse_size(val()?)?,
             "--small" => o.small = parse_size(val()?)?,
             "--rounds" => o.rounds = val()?.parse().map_err(|e| format!("--rounds: {e}"))?,
-            "--chunk" => o.chunk = parse_size(val()?)?,
             "-h" | "--help" => {
                 println!(
-                    "usage: cargo xtask bench-stream [--bytes 4G] [--small 256M] [--rounds 3] \
-                     [--chunk 1M]\n  env: QZB_BENCH_BYTES, QZB_BENCH_ROUNDS, QZB_BENCH_AGENT (agent binary to use)"
+                    "usage: cargo xtask bench-stream [--bytes 4G] [--small 256M] [--rounds 3]\n  env: QZB_BENCH_BYTES, QZB_BENCH_ROUNDS, QZB_BENCH_AGENT (agent binary to use)"
                 );
                 std::process::exit(0);
             }
@@ -730,7 +704,6 @@ fn orchestrate(args: &[String]) -> Result<(), String> {
         dir: dir.clone(),
         bin,
         path,
-        chunk: opts.chunk,
     };
     let result = bench(&setup, &opts);
     let _ = fs::remove_dir_all(&dir);
@@ -751,11 +724,10 @@ fn bench(setup: &Setup, opts: &Options) -> Result<(), String> {
         std::arch::is_x86_feature_detected!("avx512f"),
     );
     println!(
-        "stream: {} per run, {} rounds per arm alternating; memory also at {}; framer reads {} blocks",
+        "stream: {} per run, {} rounds per arm alternating; memory also at {}",
         human(opts.bytes),
         opts.rounds,
         human(opts.small),
-        human(setup.chunk)
     );
     println!("agent: {}", setup.agent.display());
     println!();
