@@ -390,17 +390,19 @@ impl Progress {
                 .estimate
                 .map(|e| format!(" / {}", human_bytes(e)))
                 .unwrap_or_default();
-            eprint!(
-                "\r\x1b[K{}  {}{of}  {}/s{eta}",
+            // Progress is best effort: a closed stderr (`send ... 2>&1 | head`) must not
+            // panic the data path the way `eprint!` would.
+            let _ = write!(
+                std::io::stderr(),
+                "\r\x1b[K{}  {}{of}  {}/s{eta}{}",
                 self.label,
                 human_bytes(bytes),
-                human_bytes(rate as u64)
+                human_bytes(rate as u64),
+                if done { "\n" } else { "" }
             );
-            if done {
-                eprintln!();
-            }
         } else {
-            eprintln!(
+            let _ = writeln!(
+                std::io::stderr(),
                 "progress {} {bytes} {}",
                 self.label,
                 self.estimate

@@ -397,8 +397,9 @@ fn stream_error_class(e: &ProtocolError) -> ErrorClass {
 }
 
 /// Frame buffers circulating between the reading and the writing thread of [`feed`]: one
-/// being read and verified, one held back, the rest queued. Each holds at most
-/// `MAX_DATA_PAYLOAD`, so the agent's memory is flat whatever the stream size.
+/// being read and verified, one held back (written once the next one verified), the rest
+/// queued. Each holds at most `MAX_DATA_PAYLOAD`, so the agent's memory is flat whatever the
+/// stream size.
 const FEED_BUFFERS: usize = 4;
 
 /// What the reading thread of [`feed`] hands to the writing one.
@@ -472,8 +473,7 @@ fn read_and_verify<R: Read>(
 fn feed<R: Read + Send>(reader: &mut R, process: &mut dyn ReceiveProcess) -> Fed {
     let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
     let (checked_tx, checked_rx) = mpsc::sync_channel::<Checked>(FEED_BUFFERS);
-    // One buffer stays with the writer (the held frame); the others circulate.
-    for _ in 0..FEED_BUFFERS - 1 {
+    for _ in 0..FEED_BUFFERS {
         free_tx.send(Vec::new()).expect("receiver alive");
     }
     thread::scope(|scope| {
@@ -512,7 +512,10 @@ fn feed<R: Read + Send>(reader: &mut R, process: &mut dyn ReceiveProcess) -> Fed
             }
         };
         // Unblock the reading thread if it waits for a buffer or for room in the queue. If
-        // it is inside a read, it stops after that frame arrives.
+        // it is inside a read, the scope waits until that frame arrives: after `zfs receive`
+        // stopped, the reply (and the lock's release) waits for the driver's next bytes or
+        // EOF. The driver cannot tell the difference: it learns of the failure at its next
+        // write either way (it reads no replies while it streams).
         drop(checked_rx);
         drop(free_tx);
         fed
