@@ -122,7 +122,11 @@ pub fn main() -> i32 {
         Ok(()) => 0,
         Err(e) => {
             let style = Style::for_stderr();
-            eprintln!("{} {}", style.red("error:"), sanitize(&e.to_string()));
+            crate::output::stderr_line(format_args!(
+                "{} {}",
+                style.red("error:"),
+                sanitize(&e.to_string())
+            ));
             e.exit_code()
         }
     }
@@ -245,9 +249,8 @@ fn check_config(
 fn print_warnings(file: &str, warnings: &[Diagnostic]) {
     let style = Style::for_stderr();
     for w in warnings {
-        eprintln!(
-            "{}",
-            style.yellow(&format!("Warning: {}", sanitize(&w.render(Some(file)))))
+        crate::output::stderr_line(
+            style.yellow(&format!("Warning: {}", sanitize(&w.render(Some(file))))),
         );
     }
 }
@@ -256,10 +259,10 @@ fn finished(warnings: usize) {
     if warnings > 0 {
         let style = Style::for_stderr();
         let noun = if warnings == 1 { "warning" } else { "warnings" };
-        eprintln!(
+        crate::output::stderr_line(format_args!(
             "Program finished successfully, but with {}.",
             style.yellow(&format!("{warnings} {noun}"))
-        );
+        ));
     }
 }
 
@@ -612,24 +615,18 @@ fn snapshot(store: &Store, runner: &dyn Runner, name: &str) -> Result<()> {
             .iter()
             .map(|(ds, h)| format!("{ds} is in use by {}", h.join(", ")))
             .collect();
-        eprintln!(
-            "{}",
-            style.yellow(&format!(
-                "Deferred {} ({} snapshot(s)): {}.",
-                group.object,
-                group.snapshots.len(),
-                who.join("; ")
-            ))
-        );
+        crate::output::stderr_line(style.yellow(&format!(
+            "Deferred {} ({} snapshot(s)): {}.",
+            group.object,
+            group.snapshots.len(),
+            who.join("; ")
+        )));
     }
     if !decision.deferred.is_empty() {
-        eprintln!(
-            "{}",
-            style.yellow(&format!(
-                "{} deferred group(s). Shut the qubes down and re-run `snapshot {name}`.",
-                decision.deferred.len()
-            ))
-        );
+        crate::output::stderr_line(style.yellow(&format!(
+            "{} deferred group(s). Shut the qubes down and re-run `snapshot {name}`.",
+            decision.deferred.len()
+        )));
     }
     if !failures.is_empty() {
         return Err(Error::Tool(inventory::ToolError {

@@ -622,12 +622,12 @@ fn record_failure(
     error: &Error,
     security: &mut Option<Error>,
 ) -> Result<()> {
-    eprintln!(
+    crate::output::stderr_line(format_args!(
         "{} {}: {}",
         Style::for_stderr().red("failed"),
         state.targets[i].target.snapshot,
         sanitize(&error.to_string())
-    );
+    ));
     if matches!(error, Error::Security(_)) {
         security.get_or_insert(Error::Security(error.to_string()));
     }

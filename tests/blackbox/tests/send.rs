@@ -492,3 +492,46 @@ fn a_second_send_of_the_same_backup_is_refused_while_the_first_runs() {
     assert_eq!(first.wait().unwrap().code(), Some(0));
     sys.driver(&["verify", "shared"]).expect(0);
 }
+
+/// Runs `send shared` with its stderr closed (`send shared 2>&1 | head -1` style), `faults`
+/// added to its environment; returns the exit code and stdout.
+fn send_with_stderr_closed(sys: &FakeSystem, faults: &[(&str, String)]) -> (Option<i32>, String) {
+    let mut c = sys.driver_command(&["send", "shared"]);
+    for (k, v) in faults {
+        c.env(k, v);
+    }
+    let mut child = c
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn a_closed_stderr_neither_stops_a_send_nor_changes_its_exit_status() {
+    // Progress lines hit the closed pipe.
+    let sys = setup(false);
+    let (code, stdout) = send_with_stderr_closed(&sys, &[]);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(stdout.contains("send completed successfully!"), "{stdout}");
+    assert_eq!(states(&sys), ["done", "done", "done"]);
+
+    // A failure's messages too: the exit status stays the send error's.
+    let sys = setup(false);
+    let once = sys.dir.join("fault-once").display().to_string();
+    let (code, stdout) = send_with_stderr_closed(
+        &sys,
+        &[
+            ("QZB_FAKE_SEND_DIE_AFTER", (3u64 << 20).to_string()),
+            ("QZB_FAKE_FAULT_ONCE", once),
+        ],
+    );
+    assert_eq!(code, Some(8), "{stdout}");
+    assert_eq!(states(&sys)[0], "partial");
+}
