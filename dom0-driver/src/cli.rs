@@ -108,6 +108,9 @@ pub enum Command {
     },
 }
 
+/// Exit status when the command itself succeeded but its output could not be written.
+const OUTPUT_FAILED: i32 = 3;
+
 /// Entry point used by `main`: returns the process exit code.
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
@@ -119,7 +122,16 @@ pub fn main() -> i32 {
     };
     init_tracing(cli.verbose);
     match run(&cli, &SystemRunner) {
-        Ok(()) => 0,
+        Ok(()) => match crate::output::stdout_error() {
+            None => 0,
+            Some(e) => {
+                crate::output::stderr_line(format_args!(
+                    "{} the output could not be written: {e}",
+                    Style::for_stderr().red("error:")
+                ));
+                OUTPUT_FAILED
+            }
+        },
         Err(e) => {
             let style = Style::for_stderr();
             crate::output::stderr_line(format_args!(
@@ -274,11 +286,11 @@ fn check(store: &Store, runner: &dyn Runner, file: &PathBuf, json: bool) -> Resu
             if json {
                 let v =
                     report::check_json(&display, Some(&c.config), Some(&c.plan), &[], &c.warnings);
-                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                crate::outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
                 return Ok(());
             }
             print_warnings(&display, &c.warnings);
-            print!(
+            crate::out!(
                 "{}",
                 report::check_text(&c.config, &c.plan, imported, Style::for_stdout())
             );
@@ -289,7 +301,7 @@ fn check(store: &Store, runner: &dyn Runner, file: &PathBuf, json: bool) -> Resu
         Err((config, errors, warnings)) => {
             if json {
                 let v = report::check_json(&display, config.as_ref(), None, &errors, &warnings);
-                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                crate::outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             } else {
                 print_warnings(&display, &warnings);
             }
@@ -333,8 +345,8 @@ fn import(store: &Store, runner: &dyn Runner, file: &PathBuf, replace: bool) -> 
         c.plan.targets,
     );
     store.save(&state)?;
-    println!("Config validation {}", Style::for_stdout().green("PASSED"));
-    println!(
+    crate::outln!("Config validation {}", Style::for_stdout().green("PASSED"));
+    crate::outln!(
         "Imported {} ({} targets) into {}",
         state.name,
         state.targets.len(),
@@ -359,11 +371,11 @@ fn list(store: &Store, json: bool) -> Result<()> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        crate::outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         return Ok(());
     }
     if all.is_empty() {
-        println!("No backups imported in {}.", store.dir().display());
+        crate::outln!("No backups imported in {}.", store.dir().display());
     }
     for s in all {
         let done = s
@@ -371,7 +383,7 @@ fn list(store: &Store, json: bool) -> Result<()> {
             .iter()
             .filter(|t| t.send_state == SendState::Done)
             .count();
-        println!(
+        crate::outln!(
             "{}  {}  {done}/{} sent  ({})",
             s.imported_at,
             s.name,
@@ -520,16 +532,16 @@ fn calc(
         let mut v = report::calc_json(name, &rows, &warnings, total);
         v["receiver_available"] = serde_json::json!(available);
         v["receiver_partial_targets"] = serde_json::json!(partial);
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        crate::outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
         print_warnings(name, &warnings);
-        println!("Calculated size of {} objects", rows.len() - missing);
-        print!("{}", report::calc_text(&rows, total));
+        crate::outln!("Calculated size of {} objects", rows.len() - missing);
+        crate::out!("{}", report::calc_text(&rows, total));
         if let Some(a) = available {
-            println!("Available space on receiver: {}", human_bytes(a));
+            crate::outln!("Available space on receiver: {}", human_bytes(a));
         }
         if partial > 0 {
-            println!("{partial} target(s) have resumable partial state on the receiver");
+            crate::outln!("{partial} target(s) have resumable partial state on the receiver");
         }
     }
     rx?;
@@ -549,13 +561,13 @@ fn snapshot(store: &Store, runner: &dyn Runner, name: &str) -> Result<()> {
     let targets: Vec<_> = state.targets.iter().map(|t| t.target.clone()).collect();
     if !config.snapshot_creation {
         store.save(&state)?;
-        print!("{}", report::snapshot_summary(&config, &targets));
+        crate::out!("{}", report::snapshot_summary(&config, &targets));
         for t in state
             .targets
             .iter()
             .filter(|t| t.target.is_creatable() && t.snapshot_state == SnapshotState::Missing)
         {
-            println!("missing: {}", t.target.snapshot);
+            crate::outln!("missing: {}", t.target.snapshot);
         }
         return Ok(());
     }
@@ -578,7 +590,7 @@ fn snapshot(store: &Store, runner: &dyn Runner, name: &str) -> Result<()> {
         match runner.run("zfs", &argv) {
             Ok(_) => {
                 for s in &group.snapshots {
-                    println!("snapshotted {s}");
+                    crate::outln!("snapshotted {s}");
                 }
             }
             Err(e) => failures.push(e.to_string()),
@@ -608,7 +620,7 @@ fn snapshot(store: &Store, runner: &dyn Runner, name: &str) -> Result<()> {
     }
     store.save(&state)?;
     let targets: Vec<_> = state.targets.iter().map(|t| t.target.clone()).collect();
-    print!("{}", report::snapshot_summary(&config, &targets));
+    crate::out!("{}", report::snapshot_summary(&config, &targets));
     let style = Style::for_stderr();
     for (group, busy) in &decision.deferred {
         let who: Vec<String> = busy
@@ -641,13 +653,13 @@ fn snapshot(store: &Store, runner: &dyn Runner, name: &str) -> Result<()> {
 fn status(store: &Store, name: &str, json: bool) -> Result<()> {
     let state = store.load(name)?;
     if json {
-        println!(
+        crate::outln!(
             "{}",
             serde_json::to_string_pretty(&state.targets).unwrap_or_default()
         );
         return Ok(());
     }
-    println!(
+    crate::outln!(
         "{} (imported {}, {} targets)",
         state.name,
         state.imported_at,
@@ -668,13 +680,13 @@ fn status(store: &Store, name: &str, json: bool) -> Result<()> {
             .size_estimate
             .map(human_bytes)
             .unwrap_or_else(|| "-".into());
-        println!(
+        crate::outln!(
             "  {send:<8} {snap:<8} {size:>10}  {}  [{}]",
             t.target.snapshot,
             report::describe_send(&t.target)
         );
         if let Some(e) = &t.last_error {
-            println!("           last error: {}", sanitize(e));
+            crate::outln!("           last error: {}", sanitize(e));
         }
     }
     Ok(())

@@ -1,7 +1,51 @@
 //! Terminal output: colour only on a terminal, and nothing unprintable from outside ever
 //! reaches the terminal.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
+use std::sync::Mutex;
+
+/// The first error writing to stdout, other than a reader that went away.
+static STDOUT_ERROR: Mutex<Option<String>> = Mutex::new(None);
+
+/// Writes to stdout; `print!`/`println!` without the panic. A reader that went away
+/// (`send NAME | head -1`: broken pipe) is ignored, so the command carries on, a send finishes
+/// its backup, and the exit status is the command's own. Any other error (a full disk behind
+/// `> file`) is remembered for [`stdout_error`], so the command cannot report success for
+/// output that was lost.
+pub fn stdout_write(args: std::fmt::Arguments) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            if let Ok(mut first) = STDOUT_ERROR.lock() {
+                first.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+}
+
+/// Why some output could not be written, if it could not (see [`stdout_write`]).
+pub fn stdout_error() -> Option<String> {
+    STDOUT_ERROR.lock().ok().and_then(|e| e.clone())
+}
+
+/// `print!` that never panics: see [`stdout_write`].
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::output::stdout_write(format_args!($($arg)*))
+    };
+}
+
+/// `println!` that never panics: see [`stdout_write`].
+#[macro_export]
+macro_rules! outln {
+    () => {
+        $crate::output::stdout_write(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::stdout_write(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
 
 /// Replaces control characters (terminal escapes included) in text that came from a tool or
 /// from the backup qube, so it cannot rewrite the dom0 terminal.

@@ -679,7 +679,7 @@ pub fn send(
             .iter()
             .find(|&&d| state.targets[d].send_state != SendState::Done)
         {
-            println!(
+            crate::outln!(
                 "skipping {snapshot}: it needs {} first",
                 state.targets[dep].target.snapshot
             );
@@ -702,7 +702,7 @@ pub fn send(
         };
         match step {
             Step::AlreadyThere => {
-                println!(
+                crate::outln!(
                     "{snapshot} is already on the receiver with the same guid; marking it done"
                 );
                 let guid = state.targets[i].target.guid;
@@ -735,7 +735,7 @@ pub fn send(
                 };
                 let estimate = t.size_estimate;
                 let kind = request.kind;
-                println!(
+                crate::outln!(
                     "sending {snapshot} ({}){}",
                     crate::report::describe_send(&t.target),
                     note.map(|n| format!(", {n}")).unwrap_or_default()
@@ -755,7 +755,7 @@ pub fn send(
                         t.received_guid = Some(guid);
                         t.last_error = None;
                         store.save(state)?;
-                        println!(
+                        crate::outln!(
                             "{} {snapshot} ({})",
                             style.green("sent"),
                             human_bytes(bytes)
@@ -788,7 +788,7 @@ pub fn send(
         .iter()
         .filter(|t| t.send_state == SendState::Done)
         .count();
-    println!(
+    crate::outln!(
         "sent {} in this run; {done}/{total} targets done",
         human_bytes(sent_bytes)
     );
@@ -808,7 +808,7 @@ pub fn send(
             total - done
         )));
     }
-    println!("{}", style.green("send completed successfully!"));
+    crate::outln!("{}", style.green("send completed successfully!"));
     Ok(())
 }
 
@@ -829,22 +829,22 @@ pub fn verify(runner: &dyn Runner, state: &BackupState, timeout: Duration) -> Re
         checked += 1;
         let dest = on_receiver(root, &t.target.snapshot)?;
         match (rx.snapshot_guid(&dest), t.target.guid) {
-            (Some(r), Some(s)) if r == s => println!("ok        {dest}"),
+            (Some(r), Some(s)) if r == s => crate::outln!("ok        {dest}"),
             (Some(r), s) => {
                 bad += 1;
-                println!(
+                crate::outln!(
                     "MISMATCH  {dest}: receiver guid {r}, source {}",
                     s.map(|g| g.to_string()).unwrap_or("-".into())
                 );
             }
             (None, _) => {
                 bad += 1;
-                println!("MISSING   {dest}");
+                crate::outln!("MISSING   {dest}");
             }
         }
     }
     let pending = state.targets.len() - checked;
-    println!(
+    crate::outln!(
         "{checked} done target(s) checked, {bad} problem(s); {pending} target(s) not sent yet"
     );
     if bad > 0 {
@@ -973,12 +973,14 @@ pub fn abort(
     }
     if dests.is_empty() {
         let _ = session.close();
-        println!("No partial receive state to discard.");
+        crate::outln!("No partial receive state to discard.");
         return Ok(());
     }
-    println!("Partial receive state that will be discarded (the data received so far is lost):");
+    crate::outln!(
+        "Partial receive state that will be discarded (the data received so far is lost):"
+    );
     for d in &dests {
-        println!("  {d}");
+        crate::outln!("  {d}");
     }
     if !yes {
         if !std::io::stdin().is_terminal() {
@@ -987,7 +989,7 @@ pub fn abort(
                 "confirmation needed: run on a terminal, or pass --yes".into(),
             ));
         }
-        print!("Type 'yes' to discard: ");
+        crate::out!("Type 'yes' to discard: ");
         let _ = std::io::stdout().flush();
         let mut answer = String::new();
         let _ = std::io::stdin().read_line(&mut answer);
@@ -1005,7 +1007,7 @@ pub fn abort(
         });
         match session.request(&req)? {
             proto::Reply::Aborted { dataset } if dataset.as_str() == d.as_str() => {
-                println!("discarded partial state of {d}")
+                crate::outln!("discarded partial state of {d}")
             }
             proto::Reply::Error(e) => {
                 return Err(Error::Receiver(format!(

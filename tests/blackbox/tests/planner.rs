@@ -799,3 +799,43 @@ fn seed_example_config_passes_check_on_the_demo_system() {
         run.stdout
     );
 }
+
+#[test]
+fn output_that_cannot_be_written_is_exit_3_but_a_reader_that_stops_early_is_not_an_error() {
+    let sys = reference();
+    let cfg = Cfg {
+        include: vec![("qubes", vec!["work"])],
+        ..Default::default()
+    };
+    let file = sys.write("c.yaml", &cfg.text());
+
+    // A full disk behind `> file`: the report is lost, so success would be a lie.
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = sys
+        .driver_command(&["check", &file])
+        .stdout(full)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("the output could not be written: No space left on device"),
+        "{stderr}"
+    );
+
+    // `check c.yaml | head -1`: the reader goes away; the check itself still decides.
+    let mut child = sys
+        .driver_command(&["check", &file])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

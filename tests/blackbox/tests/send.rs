@@ -535,3 +535,20 @@ fn a_closed_stderr_neither_stops_a_send_nor_changes_its_exit_status() {
     assert_eq!(code, Some(8), "{stdout}");
     assert_eq!(states(&sys)[0], "partial");
 }
+
+#[test]
+fn a_send_whose_stdout_reader_went_away_still_finishes_the_backup() {
+    // `send shared | head -1`: every line after the first hits a closed pipe.
+    let sys = setup(false);
+    let mut child = sys
+        .driver_command(&["send", "shared"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(states(&sys), ["done", "done", "done"]);
+}
