@@ -21,9 +21,9 @@ pub const DEFAULT_METADATA_DIR: &str = "/var/lib/qubes-zfs-backup";
     long_about = "Backups of Qubes OS qubes whose storage is on ZFS, sent with zfs send through \
                   a qrexec service into a backup qube.\n\nA backup goes: check FILE, import FILE, \
                   snapshot NAME, calc NAME, send NAME.",
-    after_help = "Exit codes: 0 ok (warnings allowed), 1 invalid config, 2 usage, 4 config file \
-                  not found, 5 a system tool failed, 6 state or refused, 7 receiver, 8 send \
-                  failed, 9 security refusal."
+    after_help = "Exit codes: 0 ok (warnings allowed), 1 invalid config, 2 usage, 3 output \
+                  could not be written, 4 config file not found, 5 a system tool failed, 6 state \
+                  or refused, 7 receiver, 8 send failed, 9 security refusal."
 )]
 pub struct Cli {
     /// Where imported backups are kept.
