@@ -96,10 +96,7 @@ pub fn pump<R: Read + Send>(
                 }
             };
             let data = &framed.buf[..framed.len];
-            if let Err(e) = sink
-                .write_all(&framed.prefix)
-                .and_then(|()| sink.write_all(data))
-            {
+            if let Err(e) = write_all_vectored(sink, &framed.prefix, data) {
                 write_error = Some(e);
                 break;
             }
@@ -126,6 +123,26 @@ pub fn pump<R: Read + Send>(
             write_error,
         }
     })
+}
+
+/// Writes `prefix` then `data` with as few `writev` calls as the sink takes (one per pipe
+/// buffer's worth, as for `write_all`, but no separate call for the 56-byte prefix).
+fn write_all_vectored(
+    sink: &mut (impl Write + ?Sized),
+    prefix: &[u8],
+    data: &[u8],
+) -> io::Result<()> {
+    let mut slices = [io::IoSlice::new(prefix), io::IoSlice::new(data)];
+    let mut slices = &mut slices[..];
+    while !slices.is_empty() {
+        match sink.write_vectored(slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => io::IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Reads at least [`MIN_FRAME`] bytes (or up to EOF) into `buf`. A read error after some

@@ -90,6 +90,11 @@ pub fn explain_exit(code: Option<i32>, qube: &str) -> String {
     }
 }
 
+/// Buffer of the session's writer: coalesces a request's frame header and payload into one
+/// write. Data frames (at least 256 KiB) are larger, so `BufWriter` passes them straight
+/// through instead of copying every byte of the stream into its buffer first.
+pub const SESSION_WRITE_BUFFER: usize = 64 * 1024;
+
 /// Progress of a session, for the watchdog: the last time bytes moved.
 #[derive(Clone)]
 pub struct Activity(Arc<Mutex<Instant>>);
@@ -173,7 +178,7 @@ impl Session {
         let mut s = Session {
             qube: qube.to_owned(),
             child: Arc::new(Mutex::new(child)),
-            writer: Some(BufWriter::with_capacity(1 << 20, stdin)),
+            writer: Some(BufWriter::with_capacity(SESSION_WRITE_BUFFER, stdin)),
             reader: BufReader::with_capacity(
                 64 * 1024,
                 Watched {

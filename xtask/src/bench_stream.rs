@@ -314,7 +314,8 @@ fn frame(args: &[String]) -> Result<(), String> {
     let from_source = source.stdout.take().expect("piped");
     // The driver's own data path (dom0-driver/src/pump.rs), as `send` runs it.
     let activity = dom0_driver::transport::Activity::new();
-    let mut to_agent = io::BufWriter::new(to_agent);
+    let mut to_agent =
+        io::BufWriter::with_capacity(dom0_driver::transport::SESSION_WRITE_BUFFER, to_agent);
     let pumped = dom0_driver::pump::pump(from_source, &mut to_agent, &activity, || {}, |_| {});
     if let Some(e) = pumped.read_error {
         return Err(format!("frame: reading the source: {e}"));
