@@ -166,6 +166,29 @@ impl From<Output> for Run {
     }
 }
 
+/// Which output stream of a child has no reader any more.
+pub enum ReaderGone {
+    /// `cmd | head -1`
+    Stdout,
+    /// `cmd 2>&1 | head -1`
+    Stderr,
+}
+
+/// Runs `command` with the read end of one of its output pipes closed before it writes, so
+/// every write there fails with a broken pipe; the other stream is captured.
+pub fn run_with_reader_gone(mut command: Command, gone: ReaderGone) -> Run {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    match gone {
+        ReaderGone::Stdout => drop(child.stdout.take()),
+        ReaderGone::Stderr => drop(child.stderr.take()),
+    }
+    Run::from(child.wait_with_output().expect("wait"))
+}
+
 impl Run {
     /// Asserts the exit code, showing the output if it differs.
     pub fn expect(&self, code: i32) -> &Run {

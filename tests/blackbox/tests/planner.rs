@@ -2,7 +2,7 @@
 //! against the fake system holding the reference inventory (§10.1), plus the command-level
 //! behaviour of check, import, list, calc, status and snapshot.
 
-use qzb_blackbox_tests::FakeSystem;
+use qzb_blackbox_tests::{run_with_reader_gone, FakeSystem, ReaderGone};
 use serde_json::Value;
 
 struct Cfg {
@@ -827,15 +827,7 @@ fn output_that_cannot_be_written_is_exit_3_but_a_reader_that_stops_early_is_not_
     );
 
     // `check c.yaml | head -1`: the reader goes away; the check itself still decides.
-    let mut child = sys
-        .driver_command(&["check", &file])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(child.stdout.take());
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
+    let run = run_with_reader_gone(sys.driver_command(&["check", &file]), ReaderGone::Stdout);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
 }

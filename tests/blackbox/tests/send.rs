@@ -2,7 +2,7 @@
 //! stand-in `qrexec-client` that execs it as qrexec would, and the fake `zfs` on both sides.
 //! Faults are injected into `zfs send`, `zfs receive`, the qrexec connection and the driver.
 
-use qzb_blackbox_tests::FakeSystem;
+use qzb_blackbox_tests::{run_with_reader_gone, FakeSystem, ReaderGone, Run};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -493,46 +493,40 @@ fn a_second_send_of_the_same_backup_is_refused_while_the_first_runs() {
     sys.driver(&["verify", "shared"]).expect(0);
 }
 
-/// Runs `send shared` with its stderr closed (`send shared 2>&1 | head -1` style), `faults`
-/// added to its environment; returns the exit code and stdout.
-fn send_with_stderr_closed(sys: &FakeSystem, faults: &[(&str, String)]) -> (Option<i32>, String) {
+/// Runs `send shared` with its stderr's reader gone (`send shared 2>&1 | head -1` style),
+/// `faults` added to its environment.
+fn send_with_stderr_closed(sys: &FakeSystem, faults: &[(&str, String)]) -> Run {
     let mut c = sys.driver_command(&["send", "shared"]);
     for (k, v) in faults {
         c.env(k, v);
     }
-    let mut child = c
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(child.stderr.take());
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    run_with_reader_gone(c, ReaderGone::Stderr)
 }
 
 #[test]
 fn a_closed_stderr_neither_stops_a_send_nor_changes_its_exit_status() {
     // Progress lines hit the closed pipe.
     let sys = setup(false);
-    let (code, stdout) = send_with_stderr_closed(&sys, &[]);
-    assert_eq!(code, Some(0), "{stdout}");
-    assert!(stdout.contains("send completed successfully!"), "{stdout}");
+    let run = send_with_stderr_closed(&sys, &[]);
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    assert!(
+        run.stdout.contains("send completed successfully!"),
+        "{}",
+        run.stdout
+    );
     assert_eq!(states(&sys), ["done", "done", "done"]);
 
     // A failure's messages too: the exit status stays the send error's.
     let sys = setup(false);
     let once = sys.dir.join("fault-once").display().to_string();
-    let (code, stdout) = send_with_stderr_closed(
+    let run = send_with_stderr_closed(
         &sys,
         &[
             ("QZB_FAKE_SEND_DIE_AFTER", (3u64 << 20).to_string()),
             ("QZB_FAKE_FAULT_ONCE", once),
         ],
     );
-    assert_eq!(code, Some(8), "{stdout}");
+    assert_eq!(run.code, 8, "{}", run.stdout);
     assert_eq!(states(&sys)[0], "partial");
 }
 
@@ -540,15 +534,7 @@ fn a_closed_stderr_neither_stops_a_send_nor_changes_its_exit_status() {
 fn a_send_whose_stdout_reader_went_away_still_finishes_the_backup() {
     // `send shared | head -1`: every line after the first hits a closed pipe.
     let sys = setup(false);
-    let mut child = sys
-        .driver_command(&["send", "shared"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(child.stdout.take());
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let run = run_with_reader_gone(sys.driver_command(&["send", "shared"]), ReaderGone::Stdout);
+    assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(states(&sys), ["done", "done", "done"]);
 }
