@@ -108,15 +108,14 @@ impl Style {
     }
 }
 
-/// Formats a byte count for people: `1.5 GiB`, `320 MiB`, `12 KiB`, `512 B`.
 /// Writes one diagnostic line to stderr. Unlike `eprintln!`, a closed stderr (`... 2>&1 |
 /// head`) is ignored instead of panicking: a backup must not die, or lose its exit status,
 /// because nobody reads its messages.
 pub fn stderr_line(line: impl std::fmt::Display) {
-    use std::io::Write;
     let _ = writeln!(std::io::stderr(), "{line}");
 }
 
+/// Formats a byte count for people: `1.5 GiB`, `320 MiB`, `12 KiB`, `512 B`.
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
     let mut value = n as f64;

@@ -401,14 +401,13 @@ impl Progress {
                 if done { "\n" } else { "" }
             );
         } else {
-            let _ = writeln!(
-                std::io::stderr(),
+            crate::output::stderr_line(format_args!(
                 "progress {} {bytes} {}",
                 self.label,
                 self.estimate
                     .map(|e| e.to_string())
                     .unwrap_or_else(|| "-".into())
-            );
+            ));
         }
     }
 }
