@@ -1,8 +1,8 @@
 //! One error type for the whole driver. Its Display is the message the user sees; its exit code
 //! is documented in the README.
 
-use crate::diag::Diagnostic;
-use crate::inventory::ToolError;
+use crate::config::diag::Diagnostic;
+use crate::system::inventory::ToolError;
 use std::fmt;
 
 #[derive(Debug)]

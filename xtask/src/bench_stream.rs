@@ -16,7 +16,7 @@
 //! * **framer** (`bench-stream frame`) does what the dom0 driver's `send` does: spawns the
 //!   agent (as `qrexec-client` would) with `QREXEC_REMOTE_DOMAIN=dom0`, hello, a `Receive`
 //!   request, spawns the source (as `zfs send`), and moves its output with the driver's own
-//!   data path, `dom0_driver::pump::pump` (reader/framer thread + writer thread), then
+//!   data path, `dom0_driver::stream::pump::pump` (reader/framer thread + writer thread), then
 //!   the end frame, then reads the result.
 //! * The agent is the real `qubes-zfs-backup-receiver` binary (release build).
 //!
@@ -313,10 +313,11 @@ fn frame(args: &[String]) -> Result<(), String> {
         .map_err(|e| format!("frame: cannot run the source: {e}"))?;
     let from_source = source.stdout.take().expect("piped");
     // The driver's own data path (dom0-driver/src/pump.rs), as `send` runs it.
-    let activity = dom0_driver::transport::Activity::new();
+    let activity = dom0_driver::stream::qrexec::Activity::new();
     let mut to_agent =
-        io::BufWriter::with_capacity(dom0_driver::transport::SESSION_WRITE_BUFFER, to_agent);
-    let pumped = dom0_driver::pump::pump(from_source, &mut to_agent, &activity, || {}, |_| {});
+        io::BufWriter::with_capacity(dom0_driver::stream::qrexec::SESSION_WRITE_BUFFER, to_agent);
+    let pumped =
+        dom0_driver::stream::pump::pump(from_source, &mut to_agent, &activity, || {}, |_| {});
     if let Some(e) = pumped.read_error {
         return Err(format!("frame: reading the source: {e}"));
     }

@@ -2,7 +2,9 @@
 
 use super::*;
 use crate::config;
-use crate::inventory::{Dataset, Pool, Qube, QubesInventory, Snapshot, Volume, ZfsInventory};
+use crate::system::inventory::{
+    Dataset, Pool, Qube, QubesInventory, Snapshot, Volume, ZfsInventory,
+};
 
 fn vol(name: &str, pool: &str, vid: &str, save: bool) -> Volume {
     Volume {

@@ -1,13 +1,13 @@
 //! The command line: parses arguments, runs one command, turns errors into exit codes.
 
+use crate::config::diag::Diagnostic;
 use crate::config::{self, Config};
-use crate::diag::Diagnostic;
 use crate::error::{Error, Result};
-use crate::inventory::{self, Inventory, Runner, SystemRunner};
+use crate::output::report;
 use crate::output::{human_bytes, sanitize, Style};
 use crate::plan::{self, Plan};
-use crate::report;
 use crate::state::{BackupState, SendState, SnapshotState, Store};
+use crate::system::inventory::{self, Inventory, Runner, SystemRunner};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -177,20 +177,20 @@ pub fn run(cli: &Cli, runner: &dyn Runner) -> Result<()> {
             };
             refresh_snapshots(&mut state, &inv)?;
             store.save(&state)?;
-            let opts = crate::send::SendOptions {
+            let opts = crate::stream::send::SendOptions {
                 timeout: timeout(cli),
                 patching: config.patching,
             };
-            crate::send::send(runner, &store, &mut state, &inv, &opts)
+            crate::stream::send::send(runner, &store, &mut state, &inv, &opts)
         }
         Command::Verify { name } => {
             let state = store.load(name)?;
-            crate::send::verify(runner, &state, timeout(cli))
+            crate::stream::send::verify(runner, &state, timeout(cli))
         }
         Command::Abort { name, dataset, yes } => {
             let _lock = store.lock(name)?;
             let mut state = store.load(name)?;
-            crate::send::abort(
+            crate::stream::send::abort(
                 runner,
                 &store,
                 &mut state,
@@ -516,7 +516,7 @@ fn calc(
         .collect();
     let total: u64 = rows.iter().filter_map(|(_, s)| *s).sum();
     // The receiver's side: free space, incremental bases, what is already there.
-    let rx = crate::send::receiver_checks(runner, &state, &inv, total, timeout);
+    let rx = crate::stream::send::receiver_checks(runner, &state, &inv, total, timeout);
     let (available, partial) = match &rx {
         Ok(r) => {
             warnings.extend(
@@ -552,7 +552,7 @@ fn calc(
 }
 
 fn snapshot(store: &Store, runner: &dyn Runner, name: &str) -> Result<()> {
-    use crate::snapshot as snap;
+    use crate::system::snapshot as snap;
     let _lock = store.lock(name)?;
     let mut state = store.load(name)?;
     let config = state.config()?;

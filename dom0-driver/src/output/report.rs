@@ -1,7 +1,7 @@
 //! What `check` and `calc` print, for people and as JSON.
 
+use crate::config::diag::Diagnostic;
 use crate::config::Config;
-use crate::diag::Diagnostic;
 use crate::output::{human_bytes, Style};
 use crate::plan::{Plan, Reason, Target};
 use serde_json::{json, Value};

@@ -150,3 +150,4 @@ mod tests {
         assert_eq!(human_bytes(300 * 1024 * 1024), "300 MiB");
     }
 }
+pub mod report;

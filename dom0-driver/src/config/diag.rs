@@ -1,6 +1,6 @@
 //! Diagnostics: the errors and warnings `check` shows, each with where it comes from.
 
-use crate::yaml::Pos;
+use crate::config::yaml::Pos;
 use serde::Serialize;
 use std::fmt;
 

@@ -5,9 +5,9 @@
 //! consistent. We learn attachments from two sources and trust either: `xl list -l` (what Xen
 //! really has attached) and the Admin API (running qubes' read-write volumes).
 
-use crate::inventory::{Inventory, ToolError};
 use crate::names::SnapshotName;
 use crate::state::{SnapshotState, TargetState};
+use crate::system::inventory::{Inventory, ToolError};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Who holds a dataset read-write.
@@ -147,7 +147,7 @@ pub fn decide(targets: &[TargetState], holders: &Holders) -> Decision {
 }
 
 /// Maps a block device to its zvol through `zvol_id`, as udev does.
-pub fn zvol_id(runner: &dyn crate::inventory::Runner, path: &str) -> Option<String> {
+pub fn zvol_id(runner: &dyn crate::system::inventory::Runner, path: &str) -> Option<String> {
     let real = std::fs::canonicalize(path).ok()?;
     let real = real.to_str()?;
     let out = runner
@@ -161,8 +161,8 @@ pub fn zvol_id(runner: &dyn crate::inventory::Runner, path: &str) -> Option<Stri
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inventory::DatasetKind;
     use crate::plan::{Reason, Target};
+    use crate::system::inventory::DatasetKind;
 
     const XL: &str = r#"[
       {"domid": 0, "config": {"c_info": {"name": "Domain-0"}, "disks": [{"pdev_path": "/dev/zvol/mainpool/dom0swap", "readwrite": 1}]}},

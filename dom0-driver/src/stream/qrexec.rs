@@ -7,8 +7,8 @@
 //! size-bounded and validated by the protocol crate, stderr is bounded and sanitised.
 
 use crate::error::{Error, Result};
-use crate::inventory::Runner;
 use crate::output::sanitize;
+use crate::system::inventory::Runner;
 use qzb_protocol as proto;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -48,7 +48,7 @@ pub fn qrexec_args(qube: &str) -> Vec<String> {
 /// do), and the qrexec policy must name it as the backup qube. dom0's own calls bypass the
 /// policy daemon, so this evaluation is what keeps backups from going to any other qube.
 pub fn connect(runner: &dyn Runner, qube: &str, timeout: Duration) -> Result<Session> {
-    let state = crate::inventory::qube_state(runner, qube)?;
+    let state = crate::system::inventory::qube_state(runner, qube)?;
     match state.as_deref() {
         None => return Err(Error::Receiver(format!("the receiver qube '{qube}' does not exist"))),
         Some("Running") => {}
@@ -157,7 +157,7 @@ impl Session {
     pub fn open(qube: &str, timeout: Duration) -> Result<Session> {
         let program = qrexec_client();
         let args = qrexec_args(qube);
-        tracing::debug!(command = %crate::inventory::command_line(&program, &args.iter().map(String::as_str).collect::<Vec<_>>()), "starting qrexec call");
+        tracing::debug!(command = %crate::system::inventory::command_line(&program, &args.iter().map(String::as_str).collect::<Vec<_>>()), "starting qrexec call");
         let mut child = Command::new(&program)
             .args(&args)
             .stdin(Stdio::piped())

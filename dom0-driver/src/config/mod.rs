@@ -4,9 +4,12 @@
 //! Unknown keys are errors (a typo must never be silently ignored); booleans accept the YAML 1.1
 //! words the seed's own example uses (`yes`/`no`).
 
-use crate::diag::Diagnostic;
+pub mod diag;
+pub mod yaml;
+
+use crate::config::diag::Diagnostic;
+use crate::config::yaml::{quote, Node, Pos, Value};
 use crate::names::{DatasetName, QubeName, SnapLabel};
-use crate::yaml::{self, quote, Node, Pos, Value};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 

@@ -8,12 +8,12 @@
 //! before `zfs send -t` ever sees it.
 
 use crate::error::{Error, Result};
-use crate::inventory::{Inventory, Runner, ToolError, ZfsInventory};
 use crate::names::{DatasetName, SnapshotName};
 use crate::output::{human_bytes, sanitize, Style};
 use crate::plan::Target;
 use crate::state::{BackupState, SendState, Store, TargetState};
-use crate::transport::{Activity, Session};
+use crate::stream::qrexec::{Activity, Session};
+use crate::system::inventory::{Inventory, Runner, ToolError, ZfsInventory};
 use qzb_protocol as proto;
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
@@ -459,7 +459,7 @@ fn stream_target(
     }
 
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let command = crate::inventory::command_line("zfs", &argv);
+    let command = crate::system::inventory::command_line("zfs", &argv);
     tracing::debug!(%command, "starting");
     let mut child = match Command::new("zfs")
         .args(&argv)
@@ -481,12 +481,12 @@ fn stream_target(
     };
     let stdout = child.stdout.take().expect("piped stdout");
     let stderr = child.stderr.take().expect("piped stderr");
-    let stderr = std::thread::spawn(move || crate::transport::read_bounded(stderr, 16 * 1024));
+    let stderr = std::thread::spawn(move || crate::stream::qrexec::read_bounded(stderr, 16 * 1024));
 
     let mut progress = Progress::new(label.clone(), estimate);
     let activity: Activity = session.activity.clone();
     let w = session.writer.as_mut().expect("open writer");
-    let pumped = crate::pump::pump(
+    let pumped = crate::stream::pump::pump(
         stdout,
         w,
         &activity,
@@ -685,7 +685,7 @@ pub fn send(
             continue;
         }
         if session.is_none() {
-            let mut s = crate::transport::connect(runner, &qube, opts.timeout)?;
+            let mut s = crate::stream::qrexec::connect(runner, &qube, opts.timeout)?;
             rx = Some(inventory(&mut s, &root)?);
             session = Some(s);
         }
@@ -726,8 +726,10 @@ pub fn send(
                     snapshot: proto_snap(&dest)?,
                     guid,
                     kind: match t.target.kind {
-                        crate::inventory::DatasetKind::Filesystem => proto::DatasetKind::Filesystem,
-                        crate::inventory::DatasetKind::Volume => proto::DatasetKind::Volume,
+                        crate::system::inventory::DatasetKind::Filesystem => {
+                            proto::DatasetKind::Filesystem
+                        }
+                        crate::system::inventory::DatasetKind::Volume => proto::DatasetKind::Volume,
                     },
                     mode,
                     origin,
@@ -736,7 +738,7 @@ pub fn send(
                 let kind = request.kind;
                 crate::outln!(
                     "sending {snapshot} ({}){}",
-                    crate::report::describe_send(&t.target),
+                    crate::output::report::describe_send(&t.target),
                     note.map(|n| format!(", {n}")).unwrap_or_default()
                 );
                 // Saved before the first byte moves: a crash from here on resumes, not restarts.
@@ -815,7 +817,8 @@ pub fn send(
 pub fn verify(runner: &dyn Runner, state: &BackupState, timeout: Duration) -> Result<()> {
     let config = state.config()?;
     let root = &config.receiver_dataset;
-    let mut session = crate::transport::connect(runner, config.receiver_qube.as_str(), timeout)?;
+    let mut session =
+        crate::stream::qrexec::connect(runner, config.receiver_qube.as_str(), timeout)?;
     let rx = inventory(&mut session, root)?;
     let _ = session.close();
     let mut bad = 0;
@@ -871,7 +874,8 @@ pub fn receiver_checks(
 ) -> Result<ReceiverReport> {
     let config = state.config()?;
     let root = &config.receiver_dataset;
-    let mut session = crate::transport::connect(runner, config.receiver_qube.as_str(), timeout)?;
+    let mut session =
+        crate::stream::qrexec::connect(runner, config.receiver_qube.as_str(), timeout)?;
     let rx = inventory(&mut session, root)?;
     let _ = session.close();
     let mut warnings = Vec::new();
@@ -947,7 +951,8 @@ pub fn abort(
 ) -> Result<()> {
     let config = state.config()?;
     let root = config.receiver_dataset.clone();
-    let mut session = crate::transport::connect(runner, config.receiver_qube.as_str(), timeout)?;
+    let mut session =
+        crate::stream::qrexec::connect(runner, config.receiver_qube.as_str(), timeout)?;
     let rx = inventory(&mut session, &root)?;
     let mut dests: Vec<DatasetName> = Vec::new();
     for t in &state.targets {
@@ -1037,10 +1042,10 @@ pub fn abort(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inventory::{DatasetKind, Snapshot};
     use crate::names::SnapLabel;
     use crate::plan::Reason;
     use crate::state::SnapshotState;
+    use crate::system::inventory::{DatasetKind, Snapshot};
 
     const ROOT: &str = "bpool/b";
 

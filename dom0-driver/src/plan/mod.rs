@@ -11,11 +11,11 @@
 //! - dependency cycles are found here, at `check`, not at send time;
 //! - everything is ordered deterministically.
 
+use crate::config::diag::Diagnostic;
+use crate::config::yaml::Pos;
 use crate::config::{Config, Member, MemberName, Role};
-use crate::diag::Diagnostic;
-use crate::inventory::{DatasetKind, Inventory, Qube};
 use crate::names::{cmp_components, DatasetName, SnapLabel, SnapshotName};
-use crate::yaml::Pos;
+use crate::system::inventory::{DatasetKind, Inventory, Qube};
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
