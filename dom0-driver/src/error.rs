@@ -1,9 +1,70 @@
-//! One error type for the whole driver. Its Display is the message the user sees; its exit code
-//! is documented in the README.
+//! One error type for the whole driver, and the exit codes, defined once.
+//!
+//! An error's `Display` is the message the admin sees. [`EXIT_CODES`] is the one table of exit
+//! codes: `--help` (and so the man page, generated from the clap definitions) prints it, and a
+//! test checks the README's table against it.
 
 use crate::config::diag::Diagnostic;
-use crate::system::inventory::ToolError;
+use crate::system::runner::ToolError;
 use std::fmt;
+
+/// The exit codes and what they mean, in the admin's words.
+pub mod exit {
+    pub const OK: i32 = 0;
+    pub const INVALID_CONFIG: i32 = 1;
+    pub const USAGE: i32 = 2;
+    pub const OUTPUT_FAILED: i32 = 3;
+    pub const CONFIG_NOT_FOUND: i32 = 4;
+    pub const TOOL: i32 = 5;
+    pub const STATE: i32 = 6;
+    pub const RECEIVER: i32 = 7;
+    pub const SEND: i32 = 8;
+    pub const SECURITY: i32 = 9;
+}
+
+/// Every exit code with its meaning: the one table the README and `--help` show.
+pub const EXIT_CODES: &[(i32, &str)] = &[
+    (exit::OK, "success (warnings allowed)"),
+    (
+        exit::INVALID_CONFIG,
+        "the config is invalid (every error listed on stderr), or cannot be read",
+    ),
+    (exit::USAGE, "command-line usage error"),
+    (
+        exit::OUTPUT_FAILED,
+        "the command succeeded but its output could not be written (e.g. a full disk behind `> file`; a reader that stops early, as `| head` does, is not an error)",
+    ),
+    (exit::CONFIG_NOT_FOUND, "the config file does not exist"),
+    (
+        exit::TOOL,
+        "a system tool (`zfs`, `qubesd-query`, `xl`) failed, hung, or printed something unreadable",
+    ),
+    (
+        exit::STATE,
+        "state problem or refusal: not imported, already imported, locked by another run, corrupt or newer state file, snapshots missing",
+    ),
+    (
+        exit::RECEIVER,
+        "the receiver: qube missing or not running, call refused by the qrexec policy, service not installed, agent ended, misbehaved or timed out",
+    ),
+    (
+        exit::SEND,
+        "at least one target failed to send, or `verify` found a problem",
+    ),
+    (
+        exit::SECURITY,
+        "security refusal: the backup qube sent something dom0 did not plan (a forged resume token, a wrong guid)",
+    ),
+];
+
+/// The table as `--help` shows it.
+pub fn exit_codes_help() -> String {
+    let mut s = String::from("Exit codes:\n");
+    for (code, meaning) in EXIT_CODES {
+        s.push_str(&format!("  {code}  {meaning}\n"));
+    }
+    s
+}
 
 #[derive(Debug)]
 pub enum Error {
@@ -25,6 +86,8 @@ pub enum Error {
     /// An operation was refused because of the backup's state (not imported, already imported,
     /// locked, incomplete phases).
     Refused(String),
+    /// The qrexec policy does not let dom0 call the service in that qube.
+    PolicyRefused(String),
     /// The backup qube or its agent failed or misbehaved.
     Receiver(String),
     /// One or more targets failed to send.
@@ -36,17 +99,16 @@ pub enum Error {
 impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::InvalidConfig { .. } => 1,
+            Error::InvalidConfig { .. } => exit::INVALID_CONFIG,
             Error::ConfigFile {
                 not_found: true, ..
-            } => 4,
-            Error::ConfigFile { .. } => 1,
-            Error::Tool(_) => 5,
-            Error::State(_) => 6,
-            Error::Refused(_) => 6,
-            Error::Receiver(_) => 7,
-            Error::Send(_) => 8,
-            Error::Security(_) => 9,
+            } => exit::CONFIG_NOT_FOUND,
+            Error::ConfigFile { .. } => exit::INVALID_CONFIG,
+            Error::Tool(_) => exit::TOOL,
+            Error::State(_) | Error::Refused(_) => exit::STATE,
+            Error::PolicyRefused(_) | Error::Receiver(_) => exit::RECEIVER,
+            Error::Send(_) => exit::SEND,
+            Error::Security(_) => exit::SECURITY,
         }
     }
 }
@@ -68,9 +130,11 @@ impl fmt::Display for Error {
                 Ok(())
             }
             Error::Tool(e) => write!(f, "{e}"),
-            Error::State(m) | Error::Refused(m) | Error::Receiver(m) | Error::Send(m) => {
-                f.write_str(m)
-            }
+            Error::State(m)
+            | Error::Refused(m)
+            | Error::PolicyRefused(m)
+            | Error::Receiver(m)
+            | Error::Send(m) => f.write_str(m),
             Error::Security(m) => write!(f, "security: {m}"),
         }
     }
@@ -83,3 +147,40 @@ impl From<ToolError> for Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_exit_code_an_error_can_have_is_in_the_table() {
+        let errors = [
+            Error::InvalidConfig {
+                file: "f".into(),
+                errors: vec![],
+            },
+            Error::ConfigFile {
+                path: "f".into(),
+                problem: "p".into(),
+                not_found: true,
+            },
+            Error::Tool(ToolError::new("zfs", "failed")),
+            Error::State("s".into()),
+            Error::Refused("r".into()),
+            Error::PolicyRefused("p".into()),
+            Error::Receiver("r".into()),
+            Error::Send("s".into()),
+            Error::Security("s".into()),
+        ];
+        for e in errors {
+            assert!(EXIT_CODES.iter().any(|(c, _)| *c == e.exit_code()), "{e:?}");
+        }
+        let codes: Vec<i32> = EXIT_CODES.iter().map(|(c, _)| *c).collect();
+        assert_eq!(codes, (0..=9).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_policy_refusal_is_a_receiver_problem() {
+        assert_eq!(Error::PolicyRefused("x".into()).exit_code(), exit::RECEIVER);
+    }
+}

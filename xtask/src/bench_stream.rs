@@ -313,9 +313,9 @@ fn frame(args: &[String]) -> Result<(), String> {
         .map_err(|e| format!("frame: cannot run the source: {e}"))?;
     let from_source = source.stdout.take().expect("piped");
     // The driver's own data path (dom0-driver/src/pump.rs), as `send` runs it.
-    let activity = dom0_driver::stream::qrexec::Activity::new();
+    let activity = dom0_driver::stream::client::Activity::new();
     let mut to_agent =
-        io::BufWriter::with_capacity(dom0_driver::stream::qrexec::SESSION_WRITE_BUFFER, to_agent);
+        io::BufWriter::with_capacity(dom0_driver::stream::client::SESSION_WRITE_BUFFER, to_agent);
     let pumped =
         dom0_driver::stream::pump::pump(from_source, &mut to_agent, &activity, || {}, |_| {});
     if let Some(e) = pumped.read_error {

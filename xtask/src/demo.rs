@@ -135,6 +135,28 @@ impl Demo {
         if let Some(p) = std::env::var_os("PATH") {
             path.extend(std::env::split_paths(&p));
         }
+        // The driver gives its children only PATH and LC_ALL, so the fake tools read their
+        // settings from the file beside them (tests/fake-system/README.md).
+        let mut fake_env = vec![
+            (
+                "QZB_FAKE_ROOT".to_owned(),
+                self.dir.join("state").display().to_string(),
+            ),
+            (
+                "QZB_FAKE_AGENT".to_owned(),
+                self.target
+                    .join("qubes-zfs-backup-receiver")
+                    .display()
+                    .to_string(),
+            ),
+            (
+                "QUBES_ZFS_BACKUP_RECEIVE_LOCK".to_owned(),
+                self.dir.join("receive.lock").display().to_string(),
+            ),
+        ];
+        fake_env.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let text: String = fake_env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+        std::fs::write(self.dir.join("bin/fake.env"), text).map_err(|e| e.to_string())?;
         let mut c = Command::new(self.target.join("qubes-zfs-backup"));
         c.arg("--metadata-dir")
             .arg(self.dir.join("metadata"))
@@ -142,19 +164,7 @@ impl Demo {
             .env(
                 "PATH",
                 std::env::join_paths(path).map_err(|e| e.to_string())?,
-            )
-            .env("QZB_FAKE_ROOT", self.dir.join("state"))
-            .env(
-                "QZB_FAKE_AGENT",
-                self.target.join("qubes-zfs-backup-receiver"),
-            )
-            .env(
-                "QUBES_ZFS_BACKUP_RECEIVE_LOCK",
-                self.dir.join("receive.lock"),
             );
-        for (k, v) in env {
-            c.env(k, v);
-        }
         let status = c
             .status()
             .map_err(|e| format!("cannot run the driver: {e}"))?;

@@ -1,6 +1,8 @@
 //! Terminal output: colour only on a terminal, and nothing unprintable from outside ever
 //! reaches the terminal.
 
+pub mod report;
+
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 
@@ -59,6 +61,44 @@ pub fn sanitize(s: &str) -> String {
             }
         })
         .collect()
+}
+
+/// How many characters of outside text (a tool's stderr, anything the backup qube says) one
+/// message shows.
+pub const OUTSIDE_TEXT_MAX: usize = 1000;
+
+/// Text from outside dom0 (a tool or the backup qube) made safe to show inside one of our
+/// lines: every control character, newline included, is escaped (so it can neither rewrite
+/// the terminal nor start a line that looks like dom0's own output), and it is cut at `max`
+/// characters.
+pub fn one_line(s: &str, max: usize) -> String {
+    let mut out = String::new();
+    for (n, c) in s.chars().enumerate() {
+        if n == max {
+            out.push('…');
+            break;
+        }
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            // Controls, and the invisible format characters that reorder or hide text.
+            c if c.is_control() || is_invisible_format(c) => {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn is_invisible_format(c: char) -> bool {
+    matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+}
+
+/// [`one_line`] with the usual bound, surrounding white space trimmed.
+pub fn outside(s: &str) -> String {
+    one_line(s.trim(), OUTSIDE_TEXT_MAX)
 }
 
 #[derive(Clone, Copy)]
@@ -143,6 +183,19 @@ mod tests {
     }
 
     #[test]
+    fn outside_text_stays_on_one_bounded_line() {
+        assert_eq!(
+            one_line("ok\nerror: fake dom0 line\r\x1b[2J\u{202e}x", 100),
+            "ok\\nerror: fake dom0 line\\r\\u{1b}[2J\\u{202e}x"
+        );
+        assert_eq!(
+            one_line(&"y".repeat(50), 10),
+            format!("{}…", "y".repeat(10))
+        );
+        assert_eq!(outside("  spaced\n"), "spaced");
+    }
+
+    #[test]
     fn bytes_are_human_readable() {
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(1536), "1.5 KiB");
@@ -150,4 +203,3 @@ mod tests {
         assert_eq!(human_bytes(300 * 1024 * 1024), "300 MiB");
     }
 }
-pub mod report;

@@ -11,6 +11,8 @@
 //! - dependency cycles are found here, at `check`, not at send time;
 //! - everything is ordered deterministically.
 
+pub mod send_args;
+
 use crate::config::diag::Diagnostic;
 use crate::config::yaml::Pos;
 use crate::config::{Config, Member, MemberName, Role};
@@ -355,8 +357,8 @@ impl<'a> Planner<'a> {
                     &m.path,
                     Some(m.pos),
                     format!(
-                        "qube '{}': volume '{}' has a vid that is not a dataset name ({:?}); it is skipped",
-                        qube.name, v.name, v.vid
+                        "qube '{}': volume '{}' has a vid that is not a dataset name ('{}'); it is skipped",
+                        qube.name, v.name, crate::output::outside(&v.vid)
                     ),
                 );
                 continue;

@@ -8,7 +8,7 @@
 //!
 //! Nothing here knows about processes: `cargo xtask bench-stream` runs this same function.
 
-use crate::stream::qrexec::Activity;
+use crate::stream::client::Activity;
 use qzb_protocol::{StreamFramer, DATA_FRAME_PREFIX_LEN, MAX_DATA_CHUNK};
 use std::io::{self, Read, Write};
 use std::sync::mpsc;

@@ -1,13 +1,11 @@
 //! What is on the system: ZFS datasets and snapshots, Qubes pools, qubes and their volumes.
 //!
-//! This is the only module that runs system tools. It yields plain data; the parsers are pure
-//! functions of the tools' real output formats so tests can feed recorded output, and the
-//! `Runner` seam lets tests replace the processes.
+//! It yields plain data. The parsers are pure functions of the tools' real output formats, so
+//! tests feed recorded output; the tools themselves run through [`Runner`].
 
 use crate::names::{DatasetName, SnapLabel, SnapshotName};
+use crate::system::runner::{command_line, Runner, ToolError};
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
-use std::process::{Command, Stdio};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -135,104 +133,8 @@ pub struct Inventory {
     pub qubes: QubesInventory,
 }
 
-/// A system tool failed or printed something we cannot read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ToolError {
-    pub command: String,
-    pub problem: String,
-}
-
-impl fmt::Display for ToolError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "`{}` {}", self.command, self.problem)
-    }
-}
-
-/// Runs a program found on PATH with an explicit argv (never a shell) and returns its stdout.
-pub trait Runner: Sync {
-    fn run(&self, program: &str, args: &[&str]) -> Result<Vec<u8>, ToolError>;
-    /// Runs a program whose exit status is its answer (output ignored); None for a signal.
-    fn status(&self, program: &str, args: &[&str]) -> Result<Option<i32>, ToolError>;
-}
-
-/// The real thing: spawns the process.
-pub struct SystemRunner;
-
-/// How much of a failing tool's stderr we repeat to the user.
-const MAX_STDERR_SHOWN: usize = 4000;
-
-pub fn command_line(program: &str, args: &[&str]) -> String {
-    std::iter::once(program)
-        .chain(args.iter().copied())
-        .map(|a| {
-            if a.is_empty() || a.contains([' ', '\'', '"']) {
-                format!("'{}'", a.replace('\'', "'\\''"))
-            } else {
-                a.to_owned()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-impl Runner for SystemRunner {
-    fn status(&self, program: &str, args: &[&str]) -> Result<Option<i32>, ToolError> {
-        let command = command_line(program, args);
-        tracing::debug!(%command, "running");
-        Command::new(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| s.code())
-            .map_err(|e| ToolError {
-                command,
-                problem: format!("could not be run: {e}"),
-            })
-    }
-
-    fn run(&self, program: &str, args: &[&str]) -> Result<Vec<u8>, ToolError> {
-        let command = command_line(program, args);
-        tracing::debug!(%command, "running");
-        let out = Command::new(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| ToolError {
-                command: command.clone(),
-                problem: if e.kind() == std::io::ErrorKind::NotFound {
-                    format!("could not be run: '{program}' is not installed or not on PATH")
-                } else {
-                    format!("could not be run: {e}")
-                },
-            })?;
-        if !out.status.success() {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            let stderr = crate::output::sanitize(stderr.trim());
-            let shown: String = stderr.chars().take(MAX_STDERR_SHOWN).collect();
-            return Err(ToolError {
-                command,
-                problem: format!(
-                    "failed ({}){}",
-                    out.status,
-                    if shown.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {shown}")
-                    }
-                ),
-            });
-        }
-        Ok(out.stdout)
-    }
-}
-
 fn bad_output(command: &str, problem: impl Into<String>) -> ToolError {
-    ToolError {
-        command: command.to_owned(),
-        problem: problem.into(),
-    }
+    ToolError::new(command, problem)
 }
 
 /// The `zfs list` call that reads the whole system at once.
@@ -254,7 +156,7 @@ pub fn parse_zfs_list(text: &str) -> Result<ZfsInventory, String> {
         if line.is_empty() {
             continue;
         }
-        let at = |what: &str| format!("line {}: {what}: {}", i + 1, crate::output::sanitize(line));
+        let at = |what: &str| format!("line {}: {what}: {}", i + 1, crate::output::outside(line));
         let fields: Vec<&str> = line.split('\t').collect();
         let [name, kind, origin, createtxg, guid] = fields[..] else {
             return Err(at("expected 5 tab-separated fields"));
@@ -306,7 +208,7 @@ pub fn parse_zfs_list(text: &str) -> Result<ZfsInventory, String> {
             other => {
                 return Err(at(&format!(
                     "unknown type '{}'",
-                    crate::output::sanitize(other)
+                    crate::output::outside(other)
                 )))
             }
         }
@@ -330,6 +232,14 @@ pub fn parse_zfs_list(text: &str) -> Result<ZfsInventory, String> {
     Ok(inv)
 }
 
+/// Reads the total from `zfs send -n -v -P` output: the `size\t<bytes>` line.
+pub fn parse_send_size(text: &str) -> Option<u64> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("size\t").or_else(|| l.strip_prefix("size ")))
+        .filter_map(|n| n.trim().parse().ok())
+        .next_back()
+}
+
 /// Reads one `qubesd-query` reply: `0\0<payload>` on success, `2\0<type>\0<traceback>\0<message>\0`
 /// when qubesd raised an exception.
 pub fn parse_qubesd_reply(raw: &[u8]) -> Result<String, String> {
@@ -339,15 +249,15 @@ pub fn parse_qubesd_reply(raw: &[u8]) -> Result<String, String> {
         [b'2', 0, rest @ ..] => {
             let parts: Vec<String> = rest
                 .split(|b| *b == 0)
-                .map(|p| crate::output::sanitize(&String::from_utf8_lossy(p)))
+                .map(|p| crate::output::outside(&String::from_utf8_lossy(p)))
                 .collect();
             let kind = parts.first().map(String::as_str).unwrap_or("error");
             let message = parts.get(2).map(String::as_str).unwrap_or("");
             Err(format!("qubesd refused: {kind}: {message}"))
         }
         _ => Err(format!(
-            "the reply does not start with a qubesd status byte (got {:?})",
-            String::from_utf8_lossy(&raw[..raw.len().min(16)])
+            "the reply does not start with a qubesd status byte (it starts with '{}')",
+            crate::output::one_line(&String::from_utf8_lossy(&raw[..raw.len().min(16)]), 16)
         )),
     }
 }
@@ -370,7 +280,7 @@ pub fn parse_vm_list(text: &str) -> Result<Vec<(String, String, String)>, String
         let class = props
             .get("class")
             .cloned()
-            .ok_or_else(|| format!("no class in line {line:?}"))?;
+            .ok_or_else(|| format!("no class in the line '{}'", crate::output::outside(line)))?;
         let state = props
             .get("state")
             .cloned()
@@ -443,7 +353,10 @@ pub fn collect_qubes(runner: &dyn Runner) -> Result<QubesInventory, ToolError> {
             ("zfs", Some(c)) => Some(DatasetName::parse(c).map_err(|e| {
                 bad_output(
                     "qubesd-query -e dom0 admin.pool.Info dom0",
-                    format!("pool {pool} has an invalid container {c:?}: {e}"),
+                    format!(
+                        "pool {pool} has an invalid container '{}': {e}",
+                        crate::output::outside(c)
+                    ),
                 )
             })?),
             ("zfs", None) => {

@@ -1,3 +1,5 @@
-//! The system dom0 runs on: every child process, and what `zfs`, the Admin API and `xl` report.
+//! The system dom0 runs on: every child process (`runner`, the only place that starts one),
+//! what `zfs`, the Admin API and `xl` report (`inventory`), and which snapshots can be taken
+//! now (`snapshot`).
 pub mod inventory;
-pub mod snapshot;
+pub mod runner;

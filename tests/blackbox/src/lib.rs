@@ -5,9 +5,12 @@
 //! tests that way (or `cargo build --workspace` first).
 #![forbid(unsafe_code)]
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
@@ -37,12 +40,23 @@ pub fn bin(name: &str) -> PathBuf {
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
+/// Writes `bin/fake.env` atomically (a fake starting meanwhile reads the old or the new file).
+fn write_env_file(bin: &Path, env: &BTreeMap<String, String>) {
+    let text: String = env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+    let tmp = bin.join(".fake.env.tmp");
+    std::fs::write(&tmp, text).expect("write fake.env");
+    std::fs::rename(&tmp, bin.join("fake.env")).expect("rename fake.env");
+}
+
 /// A fake Qubes+ZFS system in a temporary directory, removed on drop.
 pub struct FakeSystem {
     pub dir: PathBuf,
     pub bin: PathBuf,
     pub state: PathBuf,
     pub meta: PathBuf,
+    /// What the fakes read from `bin/fake.env` (the driver clears its children's environment,
+    /// so this file is how the fakes find their state and faults).
+    fake_env: Mutex<BTreeMap<String, String>>,
 }
 
 impl FakeSystem {
@@ -57,6 +71,7 @@ impl FakeSystem {
             state: dir.join("state"),
             meta: dir.join("meta"),
             dir,
+            fake_env: Mutex::new(BTreeMap::new()),
         };
         let fake = bin("qzb-fake");
         run_ok(Command::new(&fake).arg("install-links").arg(&sys.bin));
@@ -66,7 +81,38 @@ impl FakeSystem {
                 .arg(workspace().join("tests/fixtures").join(fixture))
                 .arg(&sys.state),
         );
+        sys.set_fake_env("QZB_FAKE_ROOT", sys.state.display().to_string());
+        sys.set_fake_env(
+            "QZB_FAKE_AGENT",
+            bin("qubes-zfs-backup-receiver").display().to_string(),
+        );
         sys
+    }
+
+    /// Sets a variable for every fake tool the driver runs from now on (fault injection:
+    /// `QZB_FAKE_SEND_DIE_AFTER`, `QZB_HOSTILE`, ...), until it is removed.
+    pub fn set_fake_env(&self, name: &str, value: impl Into<String>) {
+        let mut env = self.fake_env.lock().expect("fake env");
+        env.insert(name.to_owned(), value.into());
+        write_env_file(&self.bin, &env);
+    }
+
+    /// Back to the fakes' plain settings: no faults, the real receiver agent.
+    pub fn reset_fake_env(&self) {
+        let mut env = self.fake_env.lock().expect("fake env");
+        env.retain(|k, _| k == "QZB_FAKE_ROOT");
+        env.insert(
+            "QZB_FAKE_AGENT".into(),
+            bin("qubes-zfs-backup-receiver").display().to_string(),
+        );
+        write_env_file(&self.bin, &env);
+    }
+
+    /// Removes a variable set with [`FakeSystem::set_fake_env`].
+    pub fn remove_fake_env(&self, name: &str) {
+        let mut env = self.fake_env.lock().expect("fake env");
+        env.remove(name);
+        write_env_file(&self.bin, &env);
     }
 
     /// PATH with the fakes first; the rest of the system's PATH follows for `sh` and friends.
@@ -90,8 +136,8 @@ impl FakeSystem {
         c
     }
 
-    /// The driver with the given arguments, not started yet: add fault-injection `.env(..)`,
-    /// then `.output()` or `.spawn()`.
+    /// The driver with the given arguments, not started yet (faults go through
+    /// [`FakeSystem::set_fake_env`]): `.output()` or `.spawn()`.
     pub fn driver_command(&self, args: &[&str]) -> Command {
         let mut c = self.command(bin("qubes-zfs-backup"));
         c.arg("--metadata-dir").arg(&self.meta).args(args);
@@ -164,6 +210,48 @@ impl From<Output> for Run {
             stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
         }
     }
+}
+
+/// How long a command may run before a test calls it hung. Only a guard against hangs: far
+/// above any bound the command itself is asked to keep, so a loaded machine cannot fail it.
+pub const HANG_GUARD: Duration = Duration::from_secs(300);
+
+/// Runs `command` to its end, capturing its output; fails the test if it runs longer than
+/// [`HANG_GUARD`] (it is killed then).
+pub fn output_guarded(mut command: Command) -> Run {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    let out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stdout, &mut v);
+        v
+    });
+    let err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stderr, &mut v);
+        v
+    });
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if started.elapsed() > HANG_GUARD {
+            let _ = child.kill();
+            panic!("{command:?} hung (still running after {HANG_GUARD:?})");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Run::from(Output {
+        status,
+        stdout: out.join().expect("stdout reader"),
+        stderr: err.join().expect("stderr reader"),
+    })
 }
 
 /// Which output stream of a child has no reader any more.

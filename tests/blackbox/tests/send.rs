@@ -153,9 +153,9 @@ fn full_backup_is_sent_verified_and_uses_the_exact_qrexec_call() {
 fn a_failed_zfs_send_leaves_partial_state_and_the_next_send_resumes_it() {
     let sys = setup(false);
     let once = sys.dir.join("fault-once");
+    sys.set_fake_env("QZB_FAKE_SEND_DIE_AFTER", (3u64 << 20).to_string());
+    sys.set_fake_env("QZB_FAKE_FAULT_ONCE", once.display().to_string());
     let mut c = sys.driver_command(&["send", "shared"]);
-    c.env("QZB_FAKE_SEND_DIE_AFTER", (3u64 << 20).to_string())
-        .env("QZB_FAKE_FAULT_ONCE", &once);
     let run = qzb_blackbox_tests::Run::from(c.output().unwrap());
     run.expect(8);
     assert!(
@@ -181,28 +181,29 @@ fn a_failed_zfs_send_leaves_partial_state_and_the_next_send_resumes_it() {
 #[test]
 fn a_driver_killed_mid_stream_loses_nothing() {
     let sys = setup(false);
+    let progress = sys.dir.join("send-progress");
+    sys.set_fake_env("QZB_FAKE_SEND_DELAY_MS", "40");
+    sys.set_fake_env("QZB_FAKE_SEND_PROGRESS", progress.display().to_string());
     let mut c = sys.driver_command(&["send", "shared"]);
-    c.env("QZB_FAKE_SEND_DELAY_MS", "40")
-        .stdout(std::process::Stdio::null())
+    c.stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     let mut child = c.spawn().unwrap();
-    // Wait until the first target's stream is well under way, then SIGKILL the driver.
-    let start = Instant::now();
-    loop {
-        std::thread::sleep(Duration::from_millis(100));
-        let started = !send_calls(&sys).is_empty();
-        if started && start.elapsed() > Duration::from_millis(2500) {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "send never started"
-        );
+    // Wait until the first target's stream is well under way (several frames, so the agent
+    // has verified data to keep), then SIGKILL the driver.
+    let deadline = Instant::now() + qzb_blackbox_tests::HANG_GUARD;
+    while std::fs::read_to_string(&progress)
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(0)
+        < 3 << 20
+    {
+        assert!(Instant::now() < deadline, "send never got under way");
+        std::thread::sleep(Duration::from_millis(20));
     }
     child.kill().unwrap();
     child.wait().unwrap();
     // The agent sees EOF without an end frame and keeps what it verified.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + qzb_blackbox_tests::HANG_GUARD;
     while receiver_state(&sys)["zfs"]["datasets"][DEST]["partial"].is_null() {
         assert!(Instant::now() < deadline, "no partial state after the kill");
         std::thread::sleep(Duration::from_millis(100));
@@ -222,11 +223,15 @@ fn a_cut_qrexec_connection_and_a_killed_receive_both_resume() {
         ("QZB_FAKE_RECV_DIE_AFTER", (3u64 << 20).to_string()),
     ] {
         let sys = setup(false);
+        sys.set_fake_env(var, value.clone());
+        sys.set_fake_env(
+            "QZB_FAKE_FAULT_ONCE",
+            sys.dir.join("once").display().to_string(),
+        );
         let mut c = sys.driver_command(&["send", "shared"]);
-        c.env(var, &value)
-            .env("QZB_FAKE_FAULT_ONCE", sys.dir.join("once"));
         let run = qzb_blackbox_tests::Run::from(c.output().unwrap());
         assert_ne!(run.code, 0, "{var}: {}", run.stdout);
+        sys.reset_fake_env();
         let run = sys.driver(&["send", "shared"]);
         run.expect(0);
         assert!(resumed(&sys), "{var}: resumed");
@@ -237,9 +242,12 @@ fn a_cut_qrexec_connection_and_a_killed_receive_both_resume() {
 #[test]
 fn a_forged_resume_token_is_refused_and_nothing_unplanned_is_sent() {
     let sys = setup(false);
+    sys.set_fake_env("QZB_FAKE_SEND_DIE_AFTER", (3u64 << 20).to_string());
+    sys.set_fake_env(
+        "QZB_FAKE_FAULT_ONCE",
+        sys.dir.join("once").display().to_string(),
+    );
     let mut c = sys.driver_command(&["send", "shared"]);
-    c.env("QZB_FAKE_SEND_DIE_AFTER", (3u64 << 20).to_string())
-        .env("QZB_FAKE_FAULT_ONCE", sys.dir.join("once"));
     qzb_blackbox_tests::Run::from(c.output().unwrap()).expect(8);
     // A compromised backup qube rewrites its partial state to ask for dom0's other data.
     let path = sys.state.join("qubes/backups-disp.json");
@@ -278,8 +286,8 @@ fn a_forged_resume_token_is_refused_and_nothing_unplanned_is_sent() {
 #[test]
 fn a_refused_qrexec_call_is_explained() {
     let sys = setup(false);
+    sys.set_fake_env("QZB_FAKE_QREXEC_REFUSE", "1");
     let mut c = sys.driver_command(&["send", "shared"]);
-    c.env("QZB_FAKE_QREXEC_REFUSE", "1");
     let run = qzb_blackbox_tests::Run::from(c.output().unwrap());
     run.expect(7);
     assert!(
@@ -343,9 +351,12 @@ fn verify_reports_a_snapshot_whose_guid_changed_on_the_receiver() {
 #[test]
 fn abort_discards_partial_state_after_confirmation() {
     let sys = setup(false);
+    sys.set_fake_env("QZB_FAKE_SEND_DIE_AFTER", (3u64 << 20).to_string());
+    sys.set_fake_env(
+        "QZB_FAKE_FAULT_ONCE",
+        sys.dir.join("once").display().to_string(),
+    );
     let mut c = sys.driver_command(&["send", "shared"]);
-    c.env("QZB_FAKE_SEND_DIE_AFTER", (3u64 << 20).to_string())
-        .env("QZB_FAKE_FAULT_ONCE", sys.dir.join("once"));
     qzb_blackbox_tests::Run::from(c.output().unwrap()).expect(8);
     // No terminal and no --yes: refused.
     let run = sys.driver(&["abort", "shared"]);
@@ -415,7 +426,8 @@ fn a_halted_receiver_or_a_qube_the_policy_does_not_name_is_refused_before_any_ca
     v["qubes"]["policy"] = serde_json::json!([{"service": "zfsbackup.Receive", "source": "@adminvm", "target": "@anyvm", "action": "deny"}]);
     write_json(&path, &v);
     let run = sys.driver(&["send", "shared"]);
-    run.expect(6);
+    // A policy refusal is a receiver problem (7), as the exit-code table says.
+    run.expect(7);
     assert!(
         run.stderr
             .contains("qvm-tags backups-disp add zfs-backup-receiver"),
@@ -446,10 +458,9 @@ fn a_halted_receiver_or_a_qube_the_policy_does_not_name_is_refused_before_any_ca
 #[test]
 fn a_byte_flipped_in_transit_is_caught_and_the_next_send_resumes_from_verified_data() {
     let sys = setup(false);
+    // Deep inside the first stream's data (the session's first bytes are hello and requests).
+    sys.set_fake_env("QZB_FAKE_QREXEC_FLIP_TO_SERVICE", (5u64 << 20).to_string());
     let mut c = sys.driver_command(&["send", "shared"]);
-    c
-        // Deep inside the first stream's data (the session's first bytes are hello and requests).
-        .env("QZB_FAKE_QREXEC_FLIP_TO_SERVICE", (5u64 << 20).to_string());
     let run = qzb_blackbox_tests::Run::from(c.output().unwrap());
     run.expect(8);
     assert!(
@@ -458,6 +469,7 @@ fn a_byte_flipped_in_transit_is_caught_and_the_next_send_resumes_from_verified_d
         run.stderr
     );
     assert_eq!(states(&sys)[0], "partial");
+    sys.reset_fake_env();
     let run = sys.driver(&["send", "shared"]);
     run.expect(0);
     assert!(resumed(&sys), "resumed from the verified part");
@@ -467,17 +479,14 @@ fn a_byte_flipped_in_transit_is_caught_and_the_next_send_resumes_from_verified_d
 #[test]
 fn a_second_send_of_the_same_backup_is_refused_while_the_first_runs() {
     let sys = setup(false);
+    sys.set_fake_env("QZB_FAKE_SEND_DELAY_MS", "15");
     let mut c = sys.driver_command(&["send", "shared"]);
-    c.env("QZB_FAKE_SEND_DELAY_MS", "15")
-        .stdout(std::process::Stdio::null())
+    c.stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     let mut first = c.spawn().unwrap();
-    let start = Instant::now();
+    let deadline = Instant::now() + qzb_blackbox_tests::HANG_GUARD;
     while send_calls(&sys).is_empty() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "send never started"
-        );
+        assert!(Instant::now() < deadline, "send never started");
         std::thread::sleep(Duration::from_millis(50));
     }
     let second = sys.driver(&["send", "shared"]);
@@ -496,10 +505,10 @@ fn a_second_send_of_the_same_backup_is_refused_while_the_first_runs() {
 /// Runs `send shared` with its stderr's reader gone (`send shared 2>&1 | head -1` style),
 /// `faults` added to its environment.
 fn send_with_stderr_closed(sys: &FakeSystem, faults: &[(&str, String)]) -> Run {
-    let mut c = sys.driver_command(&["send", "shared"]);
     for (k, v) in faults {
-        c.env(k, v);
+        sys.set_fake_env(k, v.clone());
     }
+    let c = sys.driver_command(&["send", "shared"]);
     run_with_reader_gone(c, ReaderGone::Stderr)
 }
 

@@ -112,6 +112,35 @@ fn admin(args: &[String]) -> i32 {
     }
 }
 
+/// The file beside the tool links that stands in for the environment: the driver runs every
+/// tool with an environment cleared down to PATH and LC_ALL, so the fakes find their state
+/// root and fault settings through the directory PATH led to, not through variables.
+pub const ENV_FILE: &str = "fake.env";
+
+/// Sets every `NAME=value` line of `<bindir>/fake.env` that the environment does not set
+/// already (a variable given directly, as tests running a fake by hand do, wins). `bindir` is
+/// the directory of argv[0], or the first PATH entry holding `tool` when argv[0] is a bare name.
+fn load_env_file(argv0: &str, tool: &str) {
+    let dir = if argv0.contains('/') {
+        Path::new(argv0).parent().map(Path::to_path_buf)
+    } else {
+        std::env::var_os("PATH")
+            .and_then(|p| std::env::split_paths(&p).find(|d| d.join(tool).exists()))
+    };
+    let Some(text) = dir.and_then(|d| std::fs::read_to_string(d.join(ENV_FILE)).ok()) else {
+        return;
+    };
+    for line in text.lines() {
+        let Some((name, value)) = line.split_once('=') else {
+            continue;
+        };
+        if !name.is_empty() && !name.starts_with('#') && std::env::var_os(name).is_none() {
+            // Single-threaded at this point: nothing else reads the environment yet.
+            std::env::set_var(name, value);
+        }
+    }
+}
+
 fn main() {
     let argv: Vec<String> = std::env::args_os()
         .map(|a| a.to_string_lossy().into_owned())
@@ -128,6 +157,9 @@ fn main() {
     let args = if argv.is_empty() { &[][..] } else { &argv[1..] };
     if !TOOLS.contains(&tool.as_str()) {
         std::process::exit(admin(args));
+    }
+    if let Some(first) = argv.first() {
+        load_env_file(first, &tool);
     }
     let root = match state::root() {
         Ok(r) => r,

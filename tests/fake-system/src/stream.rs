@@ -155,6 +155,9 @@ pub fn write_content(
     let mut content = Content::new(h.toguid, h.fromguid, h.offset);
     let mut left = h.total - h.offset;
     let mut buf = vec![0u8; 65536];
+    // Tests wait on this file (bytes of content written and flushed so far) instead of time.
+    let progress = std::env::var_os("QZB_FAKE_SEND_PROGRESS").filter(|p| !p.is_empty());
+    let mut written = 0u64;
     while left > 0 {
         let mut n = left.min(buf.len() as u64) as usize;
         if let Some(b) = budget {
@@ -169,8 +172,12 @@ pub fn write_content(
             *b -= n as u64;
         }
         left -= n as u64;
+        written += n as u64;
         if let Some(d) = delay {
             out.flush()?;
+            if let Some(p) = &progress {
+                let _ = std::fs::write(p, written.to_string());
+            }
             std::thread::sleep(d);
         }
     }

@@ -197,6 +197,9 @@ start_send() {
   local log=$1; shift
   local -a envv
   mapfile -t envv < <(qzb_drv_env)
+  # The fakes read their settings and faults from bin/fake.env (the driver clears the env).
+  printf '%s\n' "${envv[@]}" "$@" | grep -v '^PATH=' > "$QZB_DRV_DIR/bin/fake.env.tmp"
+  mv "$QZB_DRV_DIR/bin/fake.env.tmp" "$QZB_DRV_DIR/bin/fake.env"
   env "${envv[@]}" "$@" "$QZB_DRV_BIN" --metadata-dir "$QZB_DRV_DIR/md" send "$CFG" > "$log" 2>&1 &
   DRV_PID=$!
   SEND_LOG=$log

@@ -65,6 +65,10 @@ qzb_drv_env() {
 qzb_drv() {
   local -a envv
   mapfile -t envv < <(qzb_drv_env)
+  # The driver gives its children only PATH and LC_ALL=C: the fakes read the rest (state root,
+  # agent, faults) from bin/fake.env beside them (tests/fake-system/README.md).
+  printf '%s\n' "${envv[@]}" "${QZB_DRV_EXTRA_ENV[@]}" | grep -v '^PATH=' > "$QZB_DRV_DIR/bin/fake.env.tmp"
+  mv "$QZB_DRV_DIR/bin/fake.env.tmp" "$QZB_DRV_DIR/bin/fake.env"
   env "${envv[@]}" "${QZB_DRV_EXTRA_ENV[@]}" "$QZB_DRV_BIN" --metadata-dir "$QZB_DRV_DIR/md" "$@"
 }
 QZB_DRV_EXTRA_ENV=()

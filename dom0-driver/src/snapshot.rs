@@ -7,7 +7,8 @@
 
 use crate::names::SnapshotName;
 use crate::state::{SnapshotState, TargetState};
-use crate::system::inventory::{Inventory, ToolError};
+use crate::system::inventory::Inventory;
+use crate::system::runner::{Runner, ToolError};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Who holds a dataset read-write.
@@ -147,7 +148,7 @@ pub fn decide(targets: &[TargetState], holders: &Holders) -> Decision {
 }
 
 /// Maps a block device to its zvol through `zvol_id`, as udev does.
-pub fn zvol_id(runner: &dyn crate::system::inventory::Runner, path: &str) -> Option<String> {
+pub fn zvol_id(runner: &dyn Runner, path: &str) -> Option<String> {
     let real = std::fs::canonicalize(path).ok()?;
     let real = real.to_str()?;
     let out = runner

@@ -1,0 +1,86 @@
+//! `list` and `status`: what is imported, and the state of every target.
+
+use crate::error::Result;
+use crate::output::report;
+use crate::output::{human_bytes, sanitize};
+use crate::state::{SendState, SnapshotState, Store};
+
+pub fn list(store: &Store, json: bool) -> Result<()> {
+    let all = store.list()?;
+    if json {
+        let v: Vec<_> = all
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "name": s.name,
+                    "imported_at": s.imported_at,
+                    "config_path": s.config_path,
+                    "targets": s.targets.len(),
+                    "done": s.targets.iter().filter(|t| t.send_state == SendState::Done).count(),
+                })
+            })
+            .collect();
+        crate::outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return Ok(());
+    }
+    if all.is_empty() {
+        crate::outln!("No backups imported in {}.", store.dir().display());
+    }
+    for s in all {
+        let done = s
+            .targets
+            .iter()
+            .filter(|t| t.send_state == SendState::Done)
+            .count();
+        crate::outln!(
+            "{}  {}  {done}/{} sent  ({})",
+            s.imported_at,
+            s.name,
+            s.targets.len(),
+            s.config_path
+        );
+    }
+    Ok(())
+}
+
+pub fn status(store: &Store, name: &str, json: bool) -> Result<()> {
+    let state = store.load(name)?;
+    if json {
+        crate::outln!(
+            "{}",
+            serde_json::to_string_pretty(&state.targets).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    crate::outln!(
+        "{} (imported {}, {} targets)",
+        state.name,
+        state.imported_at,
+        state.targets.len()
+    );
+    for t in &state.targets {
+        let snap = match t.snapshot_state {
+            SnapshotState::Exists => "exists",
+            SnapshotState::Missing => "missing",
+            SnapshotState::Created => "created",
+        };
+        let send = match t.send_state {
+            SendState::Pending => "pending",
+            SendState::Partial => "partial",
+            SendState::Done => "done",
+        };
+        let size = t
+            .size_estimate
+            .map(human_bytes)
+            .unwrap_or_else(|| "-".into());
+        crate::outln!(
+            "  {send:<8} {snap:<8} {size:>10}  {}  [{}]",
+            t.target.snapshot,
+            report::describe_send(&t.target)
+        );
+        if let Some(e) = &t.last_error {
+            crate::outln!("           last error: {}", sanitize(e));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,143 @@
+//! `check` and `import`: a config read, checked against the live system, planned, reported.
+
+use crate::commands::{finished, print_warnings};
+use crate::config::diag::Diagnostic;
+use crate::config::{self, Config};
+use crate::error::{Error, Result};
+use crate::output::report;
+use crate::output::Style;
+use crate::plan::{self, Plan};
+use crate::state::{BackupState, Store};
+use crate::system::inventory;
+use crate::system::runner::Runner;
+use std::path::PathBuf;
+
+fn read_config(file: &PathBuf) -> Result<String> {
+    let display = file.display().to_string();
+    let bytes = std::fs::read(file).map_err(|e| Error::ConfigFile {
+        path: display.clone(),
+        problem: e.to_string(),
+        not_found: e.kind() == std::io::ErrorKind::NotFound,
+    })?;
+    String::from_utf8(bytes).map_err(|e| Error::ConfigFile {
+        path: display,
+        problem: format!(
+            "it is not UTF-8 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        ),
+        not_found: false,
+    })
+}
+
+/// Reads, checks and plans a config against the live system.
+struct Checked {
+    text: String,
+    config: Config,
+    plan: Plan,
+    warnings: Vec<Diagnostic>,
+}
+
+/// A config that failed its checks: what was parsed of it, its errors and warnings.
+type Rejected = (Option<Config>, Vec<Diagnostic>, Vec<Diagnostic>);
+
+fn check_config(
+    runner: &dyn Runner,
+    file: &PathBuf,
+) -> Result<std::result::Result<Checked, Rejected>> {
+    let text = read_config(file)?;
+    let (config, mut warnings) = match config::parse(&text) {
+        Ok(ok) => ok,
+        Err(errors) => return Ok(Err((None, errors, Vec::new()))),
+    };
+    let inv = inventory::collect(runner)?;
+    let plan = plan::plan(&config, &inv);
+    warnings.extend(plan.warnings.iter().cloned());
+    if !plan.errors.is_empty() {
+        let errors = plan.errors.clone();
+        return Ok(Err((Some(config), errors, warnings)));
+    }
+    Ok(Ok(Checked {
+        text,
+        config,
+        plan,
+        warnings,
+    }))
+}
+
+pub fn check(store: &Store, runner: &dyn Runner, file: &PathBuf, json: bool) -> Result<()> {
+    let display = file.display().to_string();
+    match check_config(runner, file)? {
+        Ok(c) => {
+            let imported = store.exists(&c.config.name);
+            if json {
+                let v =
+                    report::check_json(&display, Some(&c.config), Some(&c.plan), &[], &c.warnings);
+                crate::outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                return Ok(());
+            }
+            print_warnings(&display, &c.warnings);
+            crate::out!(
+                "{}",
+                report::check_text(&c.config, &c.plan, imported, Style::for_stdout())
+            );
+            let unreferenced = c.plan.coverage.unreferenced.len();
+            finished(c.warnings.len() + unreferenced);
+            Ok(())
+        }
+        Err((config, errors, warnings)) => {
+            if json {
+                let v = report::check_json(&display, config.as_ref(), None, &errors, &warnings);
+                crate::outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                print_warnings(&display, &warnings);
+            }
+            Err(Error::InvalidConfig {
+                file: display,
+                errors,
+            })
+        }
+    }
+}
+
+pub fn import(store: &Store, runner: &dyn Runner, file: &PathBuf, replace: bool) -> Result<()> {
+    let display = file.display().to_string();
+    // Refuse an existing name before any system query: the name is known from the file alone.
+    let text = read_config(file)?;
+    if let Ok((cfg, _)) = config::parse(&text) {
+        if store.exists(&cfg.name) && !replace {
+            return Err(Error::Refused(format!(
+                "a backup named '{}' is already imported; choose another name, or pass --replace to discard its progress",
+                cfg.name
+            )));
+        }
+    }
+    let c = match check_config(runner, file)? {
+        Ok(c) => c,
+        Err((_, errors, warnings)) => {
+            print_warnings(&display, &warnings);
+            return Err(Error::InvalidConfig {
+                file: display,
+                errors,
+            });
+        }
+    };
+    print_warnings(&display, &c.warnings);
+    let _lock = store.lock(&c.config.name)?;
+    let path = std::fs::canonicalize(file).unwrap_or_else(|_| file.clone());
+    let state = BackupState::new(
+        &c.config,
+        &path.display().to_string(),
+        &c.text,
+        c.plan.targets,
+    );
+    store.save(&state)?;
+    crate::outln!("Config validation {}", Style::for_stdout().green("PASSED"));
+    crate::outln!(
+        "Imported {} ({} targets) into {}",
+        state.name,
+        state.targets.len(),
+        store.dir().display()
+    );
+    finished(c.warnings.len());
+    Ok(())
+}

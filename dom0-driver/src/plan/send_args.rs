@@ -1,0 +1,38 @@
+//! The `zfs send` argv of a target: the estimate (`-n -v -P`) and the real send use the same
+//! function, so both always describe the same stream.
+
+use crate::names::SnapshotName;
+use crate::plan::Target;
+
+/// Arguments of `zfs send` for a target (without the `zfs` itself). Used for the estimate and the
+/// real send, so both always agree.
+pub fn send_args(t: &Target, dry_run: bool) -> Vec<String> {
+    send_args_from(
+        &t.snapshot,
+        t.incremental_source.as_ref(),
+        t.progressive,
+        dry_run,
+    )
+}
+
+/// `zfs send` arguments for `snapshot`, incremental from `source` if given.
+pub fn send_args_from(
+    snapshot: &SnapshotName,
+    source: Option<&SnapshotName>,
+    progressive: bool,
+    dry_run: bool,
+) -> Vec<String> {
+    let mut a = vec!["send".to_owned()];
+    if dry_run {
+        a.extend(["-n", "-v", "-P"].map(String::from));
+    }
+    // -L large blocks, -e embedded data, -c compressed blocks as stored: fewer bytes, same data.
+    // -p carries the dataset's properties so a restore is faithful.
+    a.extend(["-L", "-e", "-c", "-p"].map(String::from));
+    if let Some(src) = source {
+        a.push(if progressive { "-I" } else { "-i" }.to_owned());
+        a.push(src.to_string());
+    }
+    a.push(snapshot.to_string());
+    a
+}
