@@ -168,6 +168,13 @@ impl SystemZfs {
         SystemZfs::default()
     }
 
+    /// Runs `program` instead of the `zfs` on PATH (tests run a fake by its path).
+    pub fn with_program(program: impl Into<String>) -> SystemZfs {
+        SystemZfs {
+            program: program.into(),
+        }
+    }
+
     fn command(&self, args: &[String]) -> Command {
         let mut cmd = Command::new(&self.program);
         cmd.args(args)

@@ -4,9 +4,7 @@ use crate::commands;
 use crate::error::{exit, exit_codes_help, Result};
 use crate::output::{sanitize, Style};
 use crate::state::Store;
-use crate::stream;
 use crate::stream::qrexec::Qrexec;
-use crate::system::inventory::{self, Inventory};
 use crate::system::runner::SystemRunner;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::path::PathBuf;
@@ -183,29 +181,10 @@ pub fn run(cli: &Cli, runner: &SystemRunner) -> Result<()> {
         Command::Snapshot { name } => commands::snapshot::snapshot(&store, runner, name),
         Command::Calc { name, json } => commands::calc::calc(&store, runner, &qrexec, name, *json),
         Command::Status { name, json } => commands::backups::status(&store, name, *json),
-        Command::Send { name } => {
-            let _lock = store.lock(name)?;
-            let mut state = store.load(name)?;
-            let config = state.config()?;
-            let inv = Inventory {
-                zfs: inventory::collect_zfs(runner)?,
-                ..Default::default()
-            };
-            commands::refresh_snapshots(&mut state, &inv)?;
-            store.save(&state)?;
-            let opts = stream::send::SendOptions {
-                patching: config.patching,
-            };
-            stream::send::send(runner, &qrexec, &store, &mut state, &inv, &opts)
-        }
-        Command::Verify { name } => {
-            let state = store.load(name)?;
-            stream::verify::verify(&qrexec, &state)
-        }
+        Command::Send { name } => commands::receiver::send(&store, runner, &qrexec, name),
+        Command::Verify { name } => commands::receiver::verify(&store, &qrexec, name),
         Command::Abort { name, dataset, yes } => {
-            let _lock = store.lock(name)?;
-            let mut state = store.load(name)?;
-            stream::abort::abort(&qrexec, &store, &mut state, dataset.as_deref(), *yes)
+            commands::receiver::abort(&store, &qrexec, name, dataset.as_deref(), *yes)
         }
     }
 }

@@ -5,6 +5,7 @@
 pub mod backups;
 pub mod calc;
 pub mod check;
+pub mod receiver;
 pub mod snapshot;
 
 use crate::config::diag::Diagnostic;
