@@ -62,3 +62,42 @@ fn usage_errors_exit_2_with_a_suggestion() {
     let (code, _, _) = run(&["--timeout", "0", "list"]);
     assert_eq!(code, 2, "a zero timeout is refused");
 }
+
+/// The README's exit-code table is a copy of `error::EXIT_CODES`, row for row.
+#[test]
+fn readme_exit_codes_match_the_one_table() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md");
+    let start = readme.find("### Exit codes").expect("an exit-code section");
+    let rows: Vec<(i32, String)> = readme[start..]
+        .lines()
+        .skip_while(|l| !l.starts_with("| code"))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| {
+            let (code, meaning) = l[1..].split_once('|').expect("two columns");
+            let meaning = meaning.trim().trim_end_matches('|').trim();
+            (
+                code.trim().parse().expect("a code"),
+                meaning.replace("\\|", "|"),
+            )
+        })
+        .collect();
+    let table: Vec<(i32, String)> = dom0_driver::error::EXIT_CODES
+        .iter()
+        .map(|(c, m)| (*c, (*m).to_owned()))
+        .collect();
+    assert_eq!(rows, table);
+}
+
+/// `--help` prints every row of the one table.
+#[test]
+fn help_prints_every_exit_code_of_the_one_table() {
+    let (_, out, _) = run(&["--help"]);
+    for (code, meaning) in dom0_driver::error::EXIT_CODES {
+        assert!(
+            out.contains(&format!("  {code}  {meaning}")),
+            "{code} missing:\n{out}"
+        );
+    }
+}

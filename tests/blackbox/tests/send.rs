@@ -547,3 +547,22 @@ fn a_send_whose_stdout_reader_went_away_still_finishes_the_backup() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(states(&sys), ["done", "done", "done"]);
 }
+
+#[test]
+fn calc_says_the_policy_refuses_before_estimating_anything() {
+    let sys = setup(false);
+    let path = sys.state.join("dom0.json");
+    let mut v = json_file(&path);
+    v["qubes"]["policy"] = serde_json::json!([{"service": "zfsbackup.Receive", "source": "@adminvm", "target": "@anyvm", "action": "deny"}]);
+    write_json(&path, &v);
+    let run = sys.driver(&["calc", "shared"]);
+    run.expect(7);
+    assert!(
+        run.stderr.contains("the qrexec policy does not allow dom0"),
+        "{}",
+        run.stderr
+    );
+    // No size table, and no estimate was even asked for.
+    assert_eq!(run.stdout, "", "{}", run.stdout);
+    assert!(send_calls(&sys).is_empty(), "{:?}", send_calls(&sys));
+}
