@@ -274,6 +274,8 @@ pub fn send(
     let mut session: Option<Client> = None;
     let mut rx: Option<ReceiverView> = None;
     let mut failed: Vec<usize> = Vec::new();
+    // Where the run stopped early because the receiver went silent.
+    let mut stopped_at: Option<usize> = None;
     let mut security: Option<Error> = None;
     let mut sent_bytes = 0u64;
     let total = state.targets.len();
@@ -382,6 +384,7 @@ pub fn send(
                         mut error,
                         session_usable,
                     } => {
+                        let silent = session.as_ref().is_some_and(Client::timed_out);
                         if !session_usable {
                             // How the call ended says why (the agent's exit, what it printed).
                             let ended = session.take().and_then(Client::close);
@@ -392,6 +395,12 @@ pub fn send(
                         }
                         record_failure(store, state, i, &error, &mut security)?;
                         failed.push(i);
+                        if silent {
+                            // A receiver that went silent once would cost the timeout again
+                            // for every target left: end the run here instead.
+                            stopped_at = Some(i + 1);
+                            break;
+                        }
                     }
                 }
             }
@@ -409,6 +418,24 @@ pub fn send(
         "sent {} in this run; {done}/{total} targets done",
         human_bytes(sent_bytes)
     );
+    if let Some(from) = stopped_at {
+        let left: Vec<String> = state.targets[from..]
+            .iter()
+            .filter(|t| t.send_state != SendState::Done)
+            .map(|t| t.target.snapshot.to_string())
+            .collect();
+        if !left.is_empty() {
+            crate::output::stderr_line(format_args!(
+                "not attempted, because the receiver stopped responding: {}",
+                left.join(", ")
+            ));
+        }
+        return Err(Error::Receiver(format!(
+            "the receiver stopped responding, so the run ended after one timeout; {} target(s) were not attempted. Check the backup qube (is it busy, or hung?), then run `send {}` again: finished targets are kept, the interrupted one resumes",
+            left.len(),
+            state.name
+        )));
+    }
     if let Some(e) = security {
         return Err(e);
     }

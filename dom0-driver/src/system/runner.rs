@@ -12,6 +12,7 @@
 use std::ffi::OsString;
 use std::fmt;
 use std::io::{ErrorKind, Read};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -251,7 +252,13 @@ impl Runner for SystemRunner {
     fn spawn(&self, program: &str, args: &[&str], stdin: bool) -> Result<Spawned, ToolError> {
         let line = command_line(program, args);
         let mut command = self.command(program, args);
-        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        // Its own process group, so that ending it ends whatever it started too: a child that
+        // inherited the pipes would otherwise keep them open after the kill, and a read of them
+        // would wait forever.
+        command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
         if stdin {
             command.stdin(Stdio::piped());
         }
@@ -263,6 +270,8 @@ impl Runner for SystemRunner {
             child: Some(child),
             stderr: Some(stderr),
             command: line,
+            kill: self.resolve("kill"),
+            path: self.path.clone(),
         })
     }
 }
@@ -275,12 +284,26 @@ pub struct Spawned {
     stderr: Option<StderrTail>,
     /// The command line, for messages.
     pub command: String,
+    /// The `kill` program, which can signal a whole process group (std cannot without libc).
+    kill: OsString,
+    path: OsString,
 }
 
 impl Spawned {
-    /// Ends the child now (it is reaped by [`Spawned::wait`] or on drop).
+    /// Ends the child and its process group now (it is reaped by [`Spawned::wait`] or on drop).
     pub fn kill(&mut self) {
         if let Some(c) = self.child.as_mut() {
+            if matches!(c.try_wait(), Ok(None)) {
+                let group = format!("-{}", c.id());
+                let _ = Command::new(&self.kill)
+                    .args(["-KILL", "--", &group])
+                    .env_clear()
+                    .env("PATH", &self.path)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
             let _ = c.kill();
         }
     }
@@ -325,8 +348,10 @@ impl Spawned {
 
 impl Drop for Spawned {
     fn drop(&mut self) {
+        if self.child.is_some() {
+            self.kill();
+        }
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
             let _ = c.wait();
         }
     }
@@ -461,6 +486,23 @@ mod tests {
         s.kill();
         let (exit, _) = s.wait(Duration::from_secs(30));
         assert_eq!(exit, Some(Exit::Signal));
+    }
+
+    #[test]
+    fn killing_a_streaming_child_ends_what_it_started_that_holds_its_pipes() {
+        // The child starts a grandchild that inherits stdout and outlives it: only a kill of
+        // the whole group lets the read below see the end of the pipe.
+        let mut s = runner()
+            .spawn("sh", &["-c", "sleep 300 & echo started; wait"], false)
+            .unwrap();
+        let mut out = s.stdout.take().unwrap();
+        let mut first = [0u8; 8];
+        out.read_exact(&mut first).unwrap();
+        assert_eq!(&first, b"started\n");
+        s.kill();
+        let mut rest = Vec::new();
+        out.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty());
     }
 
     #[test]

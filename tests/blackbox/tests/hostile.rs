@@ -503,7 +503,7 @@ fn a_receiver_that_stops_reading_mid_stream_times_out_and_nothing_is_done() {
     );
     expect_error(
         &run,
-        8,
+        7,
         "failed mainpool/shared@b1: the receiver stopped taking the stream, so the call was ended after the timeout (--timeout)",
     );
     assert!(
@@ -511,10 +511,58 @@ fn a_receiver_that_stops_reading_mid_stream_times_out_and_nothing_is_done() {
         "{}",
         run.stderr
     );
+    assert!(
+        run.stderr.contains("not attempted, because the receiver stopped responding: mainpool/shared/apps@b1, mainpool/shared/junk@b1"),
+        "{}",
+        run.stderr
+    );
     // Started, not done; the children wait.
     assert_eq!(states(&sys), ["partial", "pending", "pending"]);
     assert_only_planned_sends(&sys, 1);
     assert_status_clean(&sys);
+}
+
+#[test]
+fn one_silent_receiver_costs_one_timeout_not_one_per_target() {
+    // Two independent targets (no parent among them): before, each opened a new call and
+    // waited out the timeout again.
+    let sys = setup();
+    let config = CONFIG.replace("name: shared", "name: pair").replace(
+        "members: [mainpool/shared]",
+        "members: [mainpool/shared/apps, mainpool/shared/junk]",
+    );
+    let file = sys.write("pair.yaml", &config);
+    sys.driver(&["import", &file]).expect(0);
+    let run = hostile(
+        &sys,
+        "hang-stream",
+        &[],
+        &["--timeout", "2", "send", "pair"],
+    );
+    expect_error(
+        &run,
+        7,
+        "the run ended after one timeout; 1 target(s) were not attempted",
+    );
+    let calls = sys
+        .calls()
+        .into_iter()
+        .filter(|c| c["argv"][0] == "qrexec-client")
+        .count();
+    assert_eq!(calls, 1, "{}", run.stderr);
+}
+
+#[test]
+fn a_receiver_whose_child_keeps_the_pipes_open_still_times_out() {
+    let sys = setup();
+    let run = hostile(
+        &sys,
+        "hang-with-child",
+        &[],
+        &["--timeout", "2", "send", "shared"],
+    );
+    expect_error(&run, 7, "the receiver did not answer in time");
+    assert_refused_before_sending(&sys);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -228,6 +228,12 @@ impl Agent {
         };
         match self.mode.as_str() {
             "hang-inventory" => hang(),
+            "hang-with-child" => {
+                // A child that inherits stdin and stdout and outlives the agent: killing the
+                // agent alone leaves the driver's pipes open.
+                let _child = std::process::Command::new("sleep").arg("3600").spawn()?;
+                hang()
+            }
             "endless-data" => {
                 spam_stderr();
                 let mut framer = proto::StreamFramer::new();
