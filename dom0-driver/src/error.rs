@@ -20,6 +20,8 @@ pub mod exit {
     pub const RECEIVER: i32 = 7;
     pub const SEND: i32 = 8;
     pub const SECURITY: i32 = 9;
+    pub const PARTIAL: i32 = 10;
+    pub const NOTHING_DONE: i32 = 11;
 }
 
 /// Every exit code with its meaning: the one table the README and `--help` show.
@@ -54,6 +56,14 @@ pub const EXIT_CODES: &[(i32, &str)] = &[
     (
         exit::SECURITY,
         "security refusal: the backup qube sent something dom0 did not plan (a forged resume token, a wrong guid)",
+    ),
+    (
+        exit::PARTIAL,
+        "partial: everything that was ready was done, some targets were not ready (listed, with why); run the command again once they are",
+    ),
+    (
+        exit::NOTHING_DONE,
+        "nothing was done, and the command says why (e.g. `verify` before anything was sent, `snapshot` with snapshot-creation disabled)",
     ),
 ];
 
@@ -94,6 +104,10 @@ pub enum Error {
     Send(String),
     /// Something from the backup qube tried to make dom0 do what was not planned.
     Security(String),
+    /// The command did all it could, but some of its work was not ready (the message lists it).
+    Partial(String),
+    /// The command had nothing to do (the message says why).
+    NothingDone(String),
 }
 
 impl Error {
@@ -109,6 +123,8 @@ impl Error {
             Error::PolicyRefused(_) | Error::Receiver(_) => exit::RECEIVER,
             Error::Send(_) => exit::SEND,
             Error::Security(_) => exit::SECURITY,
+            Error::Partial(_) => exit::PARTIAL,
+            Error::NothingDone(_) => exit::NOTHING_DONE,
         }
     }
 }
@@ -134,7 +150,9 @@ impl fmt::Display for Error {
             | Error::Refused(m)
             | Error::PolicyRefused(m)
             | Error::Receiver(m)
-            | Error::Send(m) => f.write_str(m),
+            | Error::Send(m)
+            | Error::Partial(m)
+            | Error::NothingDone(m) => f.write_str(m),
             Error::Security(m) => write!(f, "security: {m}"),
         }
     }
@@ -171,12 +189,14 @@ mod tests {
             Error::Receiver("r".into()),
             Error::Send("s".into()),
             Error::Security("s".into()),
+            Error::Partial("p".into()),
+            Error::NothingDone("n".into()),
         ];
         for e in errors {
             assert!(EXIT_CODES.iter().any(|(c, _)| *c == e.exit_code()), "{e:?}");
         }
         let codes: Vec<i32> = EXIT_CODES.iter().map(|(c, _)| *c).collect();
-        assert_eq!(codes, (0..=9).collect::<Vec<_>>());
+        assert_eq!(codes, (0..=11).collect::<Vec<_>>());
     }
 
     #[test]

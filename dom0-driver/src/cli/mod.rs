@@ -1,7 +1,7 @@
 //! The command line: parses arguments, runs one command, turns errors into exit codes.
 
 use crate::commands;
-use crate::error::{exit, exit_codes_help, Result};
+use crate::error::{exit, exit_codes_help, Error, Result};
 use crate::output::{sanitize, Style};
 use crate::state::Store;
 use crate::stream::qrexec::Qrexec;
@@ -144,11 +144,12 @@ pub fn main() -> i32 {
         },
         Err(e) => {
             let style = Style::for_stderr();
-            crate::output::stderr_line(format_args!(
-                "{} {}",
-                style.red("error:"),
-                sanitize(&e.to_string())
-            ));
+            let label = match &e {
+                Error::Partial(_) => style.yellow("not finished:"),
+                Error::NothingDone(_) => style.yellow("nothing done:"),
+                _ => style.red("error:"),
+            };
+            crate::output::stderr_line(format_args!("{label} {}", sanitize(&e.to_string())));
             e.exit_code()
         }
     }

@@ -26,7 +26,9 @@ pub fn snapshot(store: &Store, runner: &dyn Runner, name: &str) -> Result<()> {
         {
             crate::outln!("missing: {}", t.target.snapshot);
         }
-        return Ok(());
+        return Err(Error::NothingDone(format!(
+            "snapshot creation is disabled for {name} (allowed-behaviours.snapshot-creation: no), so no snapshot was taken; make the snapshots listed as missing yourself, or enable it and import the config again"
+        )));
     }
     let xl = runner.run("xl", &["list", "-l"])?;
     let mut holders =

@@ -96,6 +96,48 @@ fn is_invisible_format(c: char) -> bool {
     matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
 }
 
+/// What `zfs` printed, with the advice that is wrong here taken out: zfs tells the admin to
+/// "run `zfs send -t <token>`", but with this tool the next `send NAME` resumes by itself (and
+/// checks the token first). Resume tokens that remain are shortened: they run to hundreds of
+/// characters and say nothing to a person.
+pub fn zfs_said(text: &str) -> String {
+    let mut kept: Vec<String> = Vec::new();
+    let mut skip_command = false;
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with("A resuming stream can be generated on the sending system") {
+            skip_command = true;
+            continue;
+        }
+        if skip_command && trimmed.starts_with("zfs send -t") {
+            skip_command = false;
+            continue;
+        }
+        skip_command = false;
+        kept.push(
+            trimmed
+                .split(' ')
+                .map(shorten_token)
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
+    }
+    kept.join("\n")
+}
+
+/// A resume token (`1-<hex>-<hex>-<hex...>`) as its first characters and its length.
+pub fn shorten_token(word: &str) -> String {
+    const SHOWN: usize = 16;
+    let is_token = word.len() > 40
+        && word.starts_with("1-")
+        && word.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+    if is_token {
+        format!("{}…({} characters)", &word[..SHOWN], word.len())
+    } else {
+        word.to_owned()
+    }
+}
+
 /// [`one_line`] with the usual bound, surrounding white space trimmed.
 pub fn outside(s: &str) -> String {
     one_line(s.trim(), OUTSIDE_TEXT_MAX)
@@ -193,6 +235,20 @@ mod tests {
             format!("{}…", "y".repeat(10))
         );
         assert_eq!(outside("  spaced\n"), "spaced");
+    }
+
+    #[test]
+    fn zfs_advice_to_run_zfs_send_t_is_dropped_and_tokens_shortened() {
+        let said = "cannot receive new filesystem stream: checksum mismatch or incomplete stream.\nPartially received snapshot is saved.\nA resuming stream can be generated on the sending system by running:\n    zfs send -t 1-1576b1fc22-118-789c6dce4b0ec2201006e071e323c69d0b97dea0f5061ec12b4099d65ae810c085b7f082aedc1a6f\n";
+        assert_eq!(
+            zfs_said(said),
+            "cannot receive new filesystem stream: checksum mismatch or incomplete stream.\nPartially received snapshot is saved."
+        );
+        let token = format!("1-abc-118-{}", "7".repeat(300));
+        assert_eq!(
+            zfs_said(&format!("token {token} here")),
+            format!("token 1-abc-118-777777…({} characters) here", token.len())
+        );
     }
 
     #[test]

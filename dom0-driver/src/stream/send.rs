@@ -6,7 +6,7 @@
 //! which `receiver::decide` checks against the plan before `zfs send -t` ever sees it.
 
 use crate::error::{Error, Result};
-use crate::output::{human_bytes, outside, sanitize, Style};
+use crate::output::{human_bytes, outside, sanitize, zfs_said, Style};
 use crate::state::{BackupState, SendState, Store};
 use crate::stream::client::Client;
 use crate::stream::progress::Progress;
@@ -128,7 +128,7 @@ fn stream_target(runner: &dyn Runner, session: &mut Client, t: Transfer<'_>) -> 
             (None, Some(exit)) => exit.to_string(),
             (None, None) => "it could not be waited for".to_owned(),
         };
-        match outside(&send_stderr).as_str() {
+        match outside(&zfs_said(&send_stderr)).as_str() {
             "" => format!("`{command}` failed ({how})"),
             said => format!("`{command}` failed ({how}): {said}"),
         }
@@ -211,8 +211,8 @@ fn stream_target(runner: &dyn Runner, session: &mut Client, t: Transfer<'_>) -> 
 }
 
 fn describe_failure(f: &proto::ReceiveFailure) -> String {
-    let mut msg = format!("{}: {}", f.class, outside(&f.message));
-    let stderr = outside(&f.zfs_stderr);
+    let mut msg = format!("{}: {}", f.class, outside(&zfs_said(&f.message)));
+    let stderr = outside(&zfs_said(&f.zfs_stderr));
     if !stderr.is_empty() && !msg.contains(&stderr) {
         msg.push_str(&format!(" (zfs said: {stderr})"));
     }
@@ -261,14 +261,22 @@ pub fn send(
         .filter(|t| t.target.guid.is_none())
         .map(|t| t.target.snapshot.to_string())
         .collect();
-    if !missing.is_empty() {
+    let pending = state
+        .targets
+        .iter()
+        .filter(|t| t.send_state != SendState::Done)
+        .count();
+    if pending > 0 && missing.len() == pending {
         return Err(Error::Refused(format!(
-            "{} target snapshot(s) do not exist yet (run `snapshot {}` first): {}",
+            "none of the {} target snapshot(s) left to send exist yet (run `snapshot {}` first): {}",
             missing.len(),
             state.name,
             missing.join(", ")
         )));
     }
+    // Targets whose snapshot does not exist yet (their qube was running at `snapshot`) wait;
+    // everything that is ready goes now.
+    let mut not_ready: Vec<String> = Vec::new();
     let style = Style::for_stdout();
     let qube = config.receiver_qube.as_str().to_owned();
     let mut session: Option<Client> = None;
@@ -285,6 +293,14 @@ pub fn send(
             continue;
         }
         let snapshot = state.targets[i].target.snapshot.clone();
+        if state.targets[i].target.guid.is_none() {
+            crate::outln!(
+                "deferred {snapshot}: its snapshot does not exist yet (its qube was running when `snapshot {}` ran, or it has not run)",
+                state.name
+            );
+            not_ready.push(snapshot.to_string());
+            continue;
+        }
         if let Some(&dep) = state.targets[i]
             .target
             .depends_on
@@ -444,6 +460,14 @@ pub fn send(
             "send failed for {} target(s); fix the cause above and run `send {}` again (finished targets are kept, interrupted ones resume)",
             failed.len(),
             state.name
+        )));
+    }
+    if !not_ready.is_empty() {
+        return Err(Error::Partial(format!(
+            "every ready target was sent, but {} were not ready (their snapshots do not exist yet): {}. Shut their qubes down, run `snapshot {name}`, then `send {name}` again",
+            total - done,
+            not_ready.join(", "),
+            name = state.name
         )));
     }
     if done < total {

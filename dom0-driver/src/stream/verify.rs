@@ -8,6 +8,16 @@ use crate::stream::receiver::{inventory, on_receiver};
 /// `verify`: every done target's guid on both sides.
 pub fn verify(connector: &dyn Connect, state: &BackupState) -> Result<()> {
     let config = state.config()?;
+    if !state
+        .targets
+        .iter()
+        .any(|t| t.send_state == SendState::Done)
+    {
+        return Err(Error::NothingDone(format!(
+            "no target of {} has been sent yet, so there is nothing to verify; run `send {}` first",
+            state.name, state.name
+        )));
+    }
     let root = &config.receiver_dataset;
     let mut session = connector.connect(config.receiver_qube.as_str())?;
     let rx = inventory(&mut session, root)?;

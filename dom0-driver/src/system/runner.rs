@@ -223,7 +223,8 @@ impl Runner for SystemRunner {
         let exit = self.wait_bounded(&mut child, &line, started)?;
         if exit != Exit::Code(0) {
             let text = String::from_utf8_lossy(&stderr.finish()).into_owned();
-            let shown = crate::output::one_line(text.trim(), MAX_STDERR_SHOWN);
+            let shown =
+                crate::output::one_line(&crate::output::zfs_said(text.trim()), MAX_STDERR_SHOWN);
             return Err(ToolError::new(
                 line,
                 if shown.is_empty() {

@@ -164,6 +164,13 @@ fn a_failed_zfs_send_leaves_partial_state_and_the_next_send_resumes_it() {
         "{}",
         run.stderr
     );
+    // This tool's instruction, never zfs's own ("run zfs send -t <token>"), on readable lines.
+    assert!(!run.stderr.contains("zfs send -t"), "{}", run.stderr);
+    assert!(
+        run.stderr.lines().all(|l| l.chars().count() < 700),
+        "{}",
+        run.stderr
+    );
     assert_eq!(states(&sys)[0], "partial");
     assert!(!receiver_state(&sys)["zfs"]["datasets"][DEST]["partial"].is_null());
 
@@ -565,4 +572,53 @@ fn calc_says_the_policy_refuses_before_estimating_anything() {
     // No size table, and no estimate was even asked for.
     assert_eq!(run.stdout, "", "{}", run.stdout);
     assert!(send_calls(&sys).is_empty(), "{:?}", send_calls(&sys));
+}
+
+#[test]
+fn send_sends_every_ready_target_and_lists_the_ones_not_ready_with_exit_10() {
+    // junk@b1 was never taken (as when its qube was running at `snapshot`).
+    let sys = FakeSystem::new("reference-system");
+    let path = sys.state.join("dom0.json");
+    let mut v = json_file(&path);
+    v["zfs"]["datasets"]["mainpool/shared/junk"]["snapshots"] = serde_json::json!([]);
+    write_json(&path, &v);
+    let file = sys.write("shared.yaml", &CONFIG.replace("PATCHING", "no"));
+    sys.driver(&["import", &file]).expect(0);
+    let run = sys.driver(&["send", "shared"]);
+    run.expect(10);
+    assert_eq!(states(&sys), ["done", "done", "pending"]);
+    assert!(
+        run.stdout
+            .contains("deferred mainpool/shared/junk@b1: its snapshot does not exist yet"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stderr
+            .contains("not finished: every ready target was sent, but 1 were not ready"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn commands_that_did_nothing_say_so_with_exit_11() {
+    let sys = setup(false);
+    let run = sys.driver(&["verify", "shared"]);
+    run.expect(11);
+    assert!(
+        run.stderr
+            .contains("nothing done: no target of shared has been sent yet"),
+        "{}",
+        run.stderr
+    );
+    // The config has snapshot-creation: no.
+    let run = sys.driver(&["snapshot", "shared"]);
+    run.expect(11);
+    assert!(
+        run.stderr
+            .contains("snapshot creation is disabled for shared"),
+        "{}",
+        run.stderr
+    );
 }
