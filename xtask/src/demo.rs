@@ -63,10 +63,10 @@ pub fn run() -> Result<(), String> {
         0,
     )?;
     demo.driver(
-        "3. snapshot: qubes that are running (work, work-email) are deferred",
+        "3. snapshot: qubes that are running (work, work-email) are deferred (exit 10: partial)",
         &["snapshot", "mybackup1"],
         &[],
-        0,
+        10,
     )?;
     step(
         "   ... the user shuts work and work-email down (here: the fake system marks them halted)",

@@ -93,18 +93,18 @@ pub fn snapshot(store: &Store, runner: &dyn Runner, name: &str) -> Result<()> {
             who.join("; ")
         )));
     }
-    if !decision.deferred.is_empty() {
-        crate::output::stderr_line(style.yellow(&format!(
-            "{} deferred group(s). Shut the qubes down and re-run `snapshot {name}`.",
-            decision.deferred.len()
-        )));
-    }
     if !failures.is_empty() {
         return Err(Error::Tool(ToolError::new(
             "zfs snapshot",
             failures.join("; "),
         )));
     }
-    finished(decision.deferred.len());
+    if !decision.deferred.is_empty() {
+        return Err(Error::Partial(format!(
+            "{} group(s) deferred because their qubes run (listed above); shut them down and run `snapshot {name}` again",
+            decision.deferred.len()
+        )));
+    }
+    finished(0);
     Ok(())
 }
