@@ -4,6 +4,7 @@ use crate::commands;
 use crate::error::{exit, exit_codes_help, Error, Result};
 use crate::output::{sanitize, Style};
 use crate::state::Store;
+use crate::stream::progress::Mode;
 use crate::stream::qrexec::Qrexec;
 use crate::system::runner::SystemRunner;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -85,7 +86,13 @@ pub enum Command {
     #[command(
         after_help = "Interrupt at any time (Ctrl-C, or even kill -9): progress is saved after every target, and an\ninterrupted target resumes where it stopped on the next `send`.\n\nExample:\n  qubes-zfs-backup send mybackup1"
     )]
-    Send { name: String },
+    Send {
+        name: String,
+        /// Print JSON events on stdout (one per line: start, progress, done, failed, deferred,
+        /// summary) instead of the text, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Compare every sent target's snapshot guid on the receiver with the source's.
     Verify { name: String },
     /// Discard partial receive state (zfs receive -A) of this backup on the receiver.
@@ -182,7 +189,9 @@ pub fn run(cli: &Cli, runner: &SystemRunner) -> Result<()> {
         Command::Snapshot { name } => commands::snapshot::snapshot(&store, runner, name),
         Command::Calc { name, json } => commands::calc::calc(&store, runner, &qrexec, name, *json),
         Command::Status { name, json } => commands::backups::status(&store, name, *json),
-        Command::Send { name } => commands::receiver::send(&store, runner, &qrexec, name),
+        Command::Send { name, json } => {
+            commands::receiver::send(&store, runner, &qrexec, name, Mode::detect(*json))
+        }
         Command::Verify { name } => commands::receiver::verify(&store, &qrexec, name),
         Command::Abort { name, dataset, yes } => {
             commands::receiver::abort(&store, &qrexec, name, dataset.as_deref(), *yes)

@@ -2,15 +2,16 @@
 
 use crate::commands::{finished, print_warnings, refresh_snapshots};
 use crate::config::diag::Diagnostic;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::output::human_bytes;
 use crate::output::report;
 use crate::plan::send_args::send_args;
 use crate::state::{SnapshotState, Store};
 use crate::stream::calc::receiver_checks;
+use crate::stream::estimate::stream_size;
 use crate::stream::qrexec::{check_policy, Connect};
 use crate::system::inventory::{self, Inventory};
-use crate::system::runner::{command_line, Runner, ToolError};
+use crate::system::runner::Runner;
 
 pub fn calc(
     store: &Store,
@@ -35,16 +36,7 @@ pub fn calc(
             missing += 1;
             continue;
         }
-        let args = send_args(&t.target, true);
-        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = runner.run("zfs", &argv)?;
-        let text = String::from_utf8_lossy(&out);
-        let size = inventory::parse_send_size(&text).ok_or_else(|| {
-            Error::Tool(ToolError::new(
-                command_line("zfs", &argv),
-                "printed no 'size' line",
-            ))
-        })?;
+        let size = stream_size(runner, &send_args(&t.target))?;
         t.size_estimate = Some(size);
     }
     store.save(&state)?;

@@ -5,12 +5,19 @@ use crate::commands::refresh_snapshots;
 use crate::error::Result;
 use crate::state::Store;
 use crate::stream;
+use crate::stream::progress::Mode;
 use crate::stream::qrexec::Connect;
 use crate::system::inventory::{self, Inventory};
 use crate::system::runner::Runner;
 
 /// `send NAME`: every target that is not done, resuming interrupted ones.
-pub fn send(store: &Store, runner: &dyn Runner, connector: &dyn Connect, name: &str) -> Result<()> {
+pub fn send(
+    store: &Store,
+    runner: &dyn Runner,
+    connector: &dyn Connect,
+    name: &str,
+    progress: Mode,
+) -> Result<()> {
     let _lock = store.lock(name)?;
     let mut state = store.load(name)?;
     let config = state.config()?;
@@ -22,6 +29,7 @@ pub fn send(store: &Store, runner: &dyn Runner, connector: &dyn Connect, name: &
     store.save(&state)?;
     let opts = stream::send::SendOptions {
         patching: config.patching,
+        progress,
     };
     stream::send::send(runner, connector, store, &mut state, &inv, &opts)
 }

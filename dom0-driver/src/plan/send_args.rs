@@ -1,18 +1,13 @@
-//! The `zfs send` argv of a target: the estimate (`-n -v -P`) and the real send use the same
-//! function, so both always describe the same stream.
+//! The `zfs send` argv of a target. The estimate (`stream::estimate`) runs this same argv as a
+//! dry run, so both always describe the same stream.
 
 use crate::names::SnapshotName;
 use crate::plan::Target;
 
 /// Arguments of `zfs send` for a target (without the `zfs` itself). Used for the estimate and the
 /// real send, so both always agree.
-pub fn send_args(t: &Target, dry_run: bool) -> Vec<String> {
-    send_args_from(
-        &t.snapshot,
-        t.incremental_source.as_ref(),
-        t.progressive,
-        dry_run,
-    )
+pub fn send_args(t: &Target) -> Vec<String> {
+    send_args_from(&t.snapshot, t.incremental_source.as_ref(), t.progressive)
 }
 
 /// `zfs send` arguments for `snapshot`, incremental from `source` if given.
@@ -20,12 +15,8 @@ pub fn send_args_from(
     snapshot: &SnapshotName,
     source: Option<&SnapshotName>,
     progressive: bool,
-    dry_run: bool,
 ) -> Vec<String> {
     let mut a = vec!["send".to_owned()];
-    if dry_run {
-        a.extend(["-n", "-v", "-P"].map(String::from));
-    }
     // -L large blocks, -e embedded data, -c compressed blocks as stored: fewer bytes, same data.
     // -p carries the dataset's properties so a restore is faithful.
     a.extend(["-L", "-e", "-c", "-p"].map(String::from));

@@ -5,6 +5,7 @@
 pub mod abort;
 pub mod calc;
 pub mod client;
+pub mod estimate;
 pub mod progress;
 pub mod pump;
 pub mod qrexec;

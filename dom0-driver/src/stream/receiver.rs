@@ -223,7 +223,7 @@ pub fn decide(
     };
     Ok(Step::Send {
         mode,
-        args: crate::plan::send_args::send_args(target, false),
+        args: crate::plan::send_args::send_args(target),
         origin: clone_origin(target, root)?,
         note: None,
     })
@@ -283,7 +283,6 @@ fn continue_cut_package(
             &target.snapshot,
             Some(&common),
             target.progressive,
-            false,
         ),
         origin: None,
         note: Some(format!(

@@ -7,9 +7,11 @@
 
 use crate::error::{Error, Result};
 use crate::output::{human_bytes, outside, sanitize, zfs_said, Style};
+use crate::plan::send_args::send_args;
 use crate::state::{BackupState, SendState, Store};
 use crate::stream::client::Client;
-use crate::stream::progress::Progress;
+use crate::stream::estimate::stream_size;
+use crate::stream::progress::{Mode, Run, Target as ProgressTarget};
 use crate::stream::qrexec::Connect;
 use crate::stream::receiver::{
     decide, inventory, on_receiver, proto_ds, proto_snap, reply_name, ReceiverView, Step,
@@ -17,11 +19,14 @@ use crate::stream::receiver::{
 use crate::system::inventory::{DatasetKind, Inventory};
 use crate::system::runner::{Exit, Runner};
 use qzb_protocol as proto;
+use serde_json::json;
 use std::time::Duration;
 
 /// Options of a send run.
 pub struct SendOptions {
     pub patching: bool,
+    /// How progress (and, with JSON, every message) is shown.
+    pub progress: Mode,
 }
 
 /// The outcome of one attempted target.
@@ -38,7 +43,6 @@ struct Transfer<'a> {
     request: proto::ReceiveRequest,
     /// `zfs send` arguments (after `zfs`).
     args: &'a [String],
-    estimate: Option<u64>,
     expected_guid: u64,
     /// The backup's name, for the instruction in messages.
     backup: &'a str,
@@ -46,7 +50,12 @@ struct Transfer<'a> {
 
 /// Streams one target into an open session: asks the agent to receive, pumps `zfs send` into
 /// data frames, ends the stream, and judges the agent's answer against the plan.
-fn stream_target(runner: &dyn Runner, session: &mut Client, t: Transfer<'_>) -> Outcome {
+fn stream_target(
+    runner: &dyn Runner,
+    session: &mut Client,
+    t: Transfer<'_>,
+    mut progress: ProgressTarget<'_>,
+) -> Outcome {
     let label = t.request.snapshot.as_str().to_owned();
     match session.request(&proto::Request::Receive(t.request)) {
         Ok(proto::Reply::ReceiveReady) => {}
@@ -92,7 +101,6 @@ fn stream_target(runner: &dyn Runner, session: &mut Client, t: Transfer<'_>) -> 
     let stdout = zfs_send.stdout.take().expect("piped stdout");
     let command = zfs_send.command.clone();
 
-    let mut progress = Progress::new(label.clone(), t.estimate);
     let activity = session.activity().clone();
     let sink = session.data_sink().expect("open session");
     let pumped = crate::stream::pump::pump(
@@ -230,18 +238,48 @@ fn record_failure(
     i: usize,
     error: &Error,
     security: &mut Option<Error>,
+    run: &Run,
 ) -> Result<()> {
-    crate::output::stderr_line(format_args!(
-        "{} {}: {}",
-        Style::for_stderr().red("failed"),
-        state.targets[i].target.snapshot,
-        sanitize(&error.to_string())
-    ));
+    let snapshot = state.targets[i].target.snapshot.to_string();
+    if run.mode() == Mode::Json {
+        run.say(
+            "",
+            json!({"event": "failed", "snapshot": snapshot, "error": error.to_string()}),
+        );
+    } else {
+        crate::output::stderr_line(format_args!(
+            "{} {snapshot}: {}",
+            Style::for_stderr().red("failed"),
+            sanitize(&error.to_string())
+        ));
+    }
     if let Error::Security(m) = error {
         security.get_or_insert(Error::Security(m.clone()));
     }
     state.targets[i].last_error = Some(error.to_string());
     store.save(state)
+}
+
+/// Fills in the size estimate of every target this run will send that has none (from `calc`
+/// or an earlier run), so progress has totals without `calc` first. An estimate that cannot be
+/// had is left out: progress then shows no total, the send itself is unaffected.
+fn estimate_missing(runner: &dyn Runner, store: &Store, state: &mut BackupState) -> Result<()> {
+    let mut changed = false;
+    for t in state.targets.iter_mut().filter(|t| {
+        t.send_state != SendState::Done && t.target.guid.is_some() && t.size_estimate.is_none()
+    }) {
+        match stream_size(runner, &send_args(&t.target)) {
+            Ok(size) => {
+                t.size_estimate = Some(size);
+                changed = true;
+            }
+            Err(e) => tracing::debug!(error = %e, "no estimate"),
+        }
+    }
+    if changed {
+        store.save(state)?;
+    }
+    Ok(())
 }
 
 /// Runs `send`: every target that is not done, in plan order.
@@ -261,12 +299,10 @@ pub fn send(
         .filter(|t| t.target.guid.is_none())
         .map(|t| t.target.snapshot.to_string())
         .collect();
-    let pending = state
-        .targets
-        .iter()
-        .filter(|t| t.send_state != SendState::Done)
-        .count();
-    if pending > 0 && missing.len() == pending {
+    let to_send: Vec<usize> = (0..state.targets.len())
+        .filter(|&i| state.targets[i].send_state != SendState::Done)
+        .collect();
+    if !to_send.is_empty() && missing.len() == to_send.len() {
         return Err(Error::Refused(format!(
             "none of the {} target snapshot(s) left to send exist yet (run `snapshot {}` first): {}",
             missing.len(),
@@ -274,6 +310,18 @@ pub fn send(
             missing.join(", ")
         )));
     }
+    estimate_missing(runner, store, state)?;
+    let ready: Vec<usize> = to_send
+        .iter()
+        .copied()
+        .filter(|&i| state.targets[i].target.guid.is_some())
+        .collect();
+    let run_total = ready
+        .iter()
+        .map(|&i| state.targets[i].size_estimate)
+        .sum::<Option<u64>>();
+    let mut run = Run::new(opts.progress, ready.len(), run_total);
+
     // Targets whose snapshot does not exist yet (their qube was running at `snapshot`) wait;
     // everything that is ready goes now.
     let mut not_ready: Vec<String> = Vec::new();
@@ -288,15 +336,15 @@ pub fn send(
     let mut sent_bytes = 0u64;
     let total = state.targets.len();
 
-    for i in 0..total {
-        if state.targets[i].send_state == SendState::Done {
-            continue;
-        }
+    for i in to_send {
         let snapshot = state.targets[i].target.snapshot.clone();
         if state.targets[i].target.guid.is_none() {
-            crate::outln!(
-                "deferred {snapshot}: its snapshot does not exist yet (its qube was running when `snapshot {}` ran, or it has not run)",
-                state.name
+            run.say(
+                format_args!(
+                    "deferred {snapshot}: its snapshot does not exist yet (its qube was running when `snapshot {}` ran, or it has not run)",
+                    state.name
+                ),
+                json!({"event": "deferred", "snapshot": snapshot.to_string(), "why": "its snapshot does not exist yet"}),
             );
             not_ready.push(snapshot.to_string());
             continue;
@@ -307,9 +355,10 @@ pub fn send(
             .iter()
             .find(|&&d| state.targets[d].send_state != SendState::Done)
         {
-            crate::outln!(
-                "skipping {snapshot}: it needs {} first",
-                state.targets[dep].target.snapshot
+            let needs = state.targets[dep].target.snapshot.to_string();
+            run.say(
+                format_args!("skipping {snapshot}: it needs {needs} first"),
+                json!({"event": "skipped", "snapshot": snapshot.to_string(), "needs": needs}),
             );
             continue;
         }
@@ -323,15 +372,18 @@ pub fn send(
         let step = match step {
             Ok(s) => s,
             Err(e) => {
-                record_failure(store, state, i, &e, &mut security)?;
+                record_failure(store, state, i, &e, &mut security, &run)?;
                 failed.push(i);
                 continue;
             }
         };
         match step {
             Step::AlreadyThere => {
-                crate::outln!(
-                    "{snapshot} is already on the receiver with the same guid; marking it done"
+                run.say(
+                    format_args!(
+                        "{snapshot} is already on the receiver with the same guid; marking it done"
+                    ),
+                    json!({"event": "done", "snapshot": snapshot.to_string(), "bytes": 0, "already_there": true}),
                 );
                 let guid = state.targets[i].target.guid;
                 let t = &mut state.targets[i];
@@ -349,6 +401,11 @@ pub fn send(
                 let t = &state.targets[i];
                 let guid = t.target.guid.expect("checked in decide");
                 let dest = on_receiver(&root, &t.target.snapshot)?;
+                // A resumed stream is what is left of the target: estimate that.
+                let estimate = match mode {
+                    proto::ReceiveMode::Resume { .. } => stream_size(runner, &args).ok(),
+                    _ => t.size_estimate,
+                };
                 let request = proto::ReceiveRequest {
                     root: proto_ds(&root)?,
                     destination: proto_ds(&dest.dataset)?,
@@ -361,12 +418,14 @@ pub fn send(
                     mode,
                     origin,
                 };
-                let estimate = t.size_estimate;
                 let kind = request.kind;
-                crate::outln!(
-                    "sending {snapshot} ({}){}",
-                    crate::output::report::describe_send(&t.target),
-                    note.map(|n| format!(", {n}")).unwrap_or_default()
+                let how = crate::output::report::describe_send(&t.target);
+                run.say(
+                    format_args!(
+                        "sending {snapshot} ({how}){}",
+                        note.as_ref().map(|n| format!(", {n}")).unwrap_or_default()
+                    ),
+                    json!({"event": "start", "snapshot": snapshot.to_string(), "how": how, "note": note, "estimate": estimate}),
                 );
                 // Saved before the first byte moves: a crash from here on resumes, not restarts.
                 state.targets[i].send_state = SendState::Partial;
@@ -375,11 +434,11 @@ pub fn send(
                 let transfer = Transfer {
                     request,
                     args: &args,
-                    estimate,
                     expected_guid: guid,
                     backup: &state.name,
                 };
-                match stream_target(runner, s, transfer) {
+                let progress = run.target(snapshot.to_string(), estimate);
+                match stream_target(runner, s, transfer, progress) {
                     Outcome::Done { bytes } => {
                         sent_bytes += bytes;
                         if let Some(view) = rx.as_mut() {
@@ -390,10 +449,13 @@ pub fn send(
                         t.received_guid = Some(guid);
                         t.last_error = None;
                         store.save(state)?;
-                        crate::outln!(
-                            "{} {snapshot} ({})",
-                            style.green("sent"),
-                            human_bytes(bytes)
+                        run.say(
+                            format_args!(
+                                "{} {snapshot} ({})",
+                                style.green("sent"),
+                                human_bytes(bytes)
+                            ),
+                            json!({"event": "done", "snapshot": snapshot.to_string(), "bytes": bytes}),
                         );
                     }
                     Outcome::Failed {
@@ -409,7 +471,7 @@ pub fn send(
                             }
                             rx = None;
                         }
-                        record_failure(store, state, i, &error, &mut security)?;
+                        record_failure(store, state, i, &error, &mut security, &run)?;
                         failed.push(i);
                         if silent {
                             // A receiver that went silent once would cost the timeout again
@@ -430,9 +492,12 @@ pub fn send(
         .iter()
         .filter(|t| t.send_state == SendState::Done)
         .count();
-    crate::outln!(
-        "sent {} in this run; {done}/{total} targets done",
-        human_bytes(sent_bytes)
+    run.say(
+        format_args!(
+            "sent {} in this run; {done}/{total} targets done",
+            human_bytes(sent_bytes)
+        ),
+        json!({"event": "summary", "bytes": sent_bytes, "done": done, "targets": total, "failed": failed.len(), "not_ready": not_ready}),
     );
     if let Some(from) = stopped_at {
         let left: Vec<String> = state.targets[from..]
@@ -476,6 +541,9 @@ pub fn send(
             total - done
         )));
     }
-    crate::outln!("{}", style.green("send completed successfully!"));
+    run.say(
+        style.green("send completed successfully!"),
+        json!({"event": "completed"}),
+    );
     Ok(())
 }

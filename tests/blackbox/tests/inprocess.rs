@@ -6,6 +6,7 @@
 use dom0_driver::error::Error;
 use dom0_driver::state::{SendState, Store};
 use dom0_driver::stream::client::{Client, Peer};
+use dom0_driver::stream::progress::Mode;
 use dom0_driver::stream::qrexec::Connect;
 use dom0_driver::system::runner::SystemRunner;
 use qzb_blackbox_tests::{bin, FakeSystem};
@@ -95,7 +96,13 @@ impl World {
     }
 
     fn send(&self, connector: &InMemory) -> Result<(), Error> {
-        dom0_driver::commands::receiver::send(&self.store(), &self.runner(), connector, "shared")
+        dom0_driver::commands::receiver::send(
+            &self.store(),
+            &self.runner(),
+            connector,
+            "shared",
+            Mode::Lines,
+        )
     }
 
     fn states(&self) -> Vec<SendState> {
@@ -108,12 +115,13 @@ impl World {
         serde_json::from_str(&text).unwrap()
     }
 
-    /// The `zfs send` argvs dom0 ran.
+    /// The `zfs send` argvs dom0 ran that made a stream (not the `-n` estimates).
     fn sends(&self) -> Vec<Vec<String>> {
         self.sys
             .calls()
             .into_iter()
             .filter(|c| c["host"] == "dom0" && c["argv"][0] == "zfs" && c["argv"][1] == "send")
+            .filter(|c| c["argv"][2] != "-n")
             .map(|c| {
                 c["argv"]
                     .as_array()

@@ -622,3 +622,68 @@ fn commands_that_did_nothing_say_so_with_exit_11() {
         run.stderr
     );
 }
+
+#[test]
+fn progress_names_dom0s_snapshots_has_totals_without_calc_and_never_exceeds_them() {
+    let sys = setup(false);
+    let run = sys.driver(&["send", "shared"]);
+    run.expect(0);
+    let lines: Vec<Vec<&str>> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("progress "))
+        .map(|l| l.split(' ').collect())
+        .collect();
+    for i in 1..=3 {
+        assert!(
+            lines.iter().any(|f| f[4] == format!("{i}/3")),
+            "target {i} of 3 has no progress line:\n{}",
+            run.stderr
+        );
+    }
+    for f in &lines {
+        // progress <dom0 snapshot> <bytes> <total> <i>/<n> <run bytes> <run total>
+        assert!(f[1].starts_with("mainpool/shared"), "{f:?}");
+        let bytes: u64 = f[2].parse().unwrap();
+        let total: u64 = f[3].parse().expect("a total, without calc first");
+        assert!(bytes <= total, "{f:?}");
+        let run_bytes: u64 = f[5].parse().unwrap();
+        let run_total: u64 = f[6].parse().unwrap();
+        assert!(run_bytes <= run_total, "{f:?}");
+    }
+}
+
+#[test]
+fn send_json_prints_one_event_per_line_for_scripts() {
+    let sys = setup(false);
+    let run = sys.driver(&["send", "--json", "shared"]);
+    run.expect(0);
+    let events: Vec<Value> = run
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "start").count(),
+        3,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "done").count(),
+        3,
+        "{kinds:?}"
+    );
+    assert_eq!(kinds[kinds.len() - 2..], ["summary", "completed"]);
+    for e in events.iter().filter(|e| e["event"] == "streamed") {
+        assert!(
+            e["bytes"].as_u64().unwrap() <= e["total"].as_u64().unwrap(),
+            "{e}"
+        );
+        assert_eq!(e["count"], 3);
+    }
+    assert_eq!(events[events.len() - 2]["done"], 3);
+}
