@@ -4,7 +4,6 @@
 pub mod cli;
 pub mod config;
 pub mod error;
-pub mod names;
 pub mod output;
 pub mod plan;
 pub mod state;

@@ -407,8 +407,8 @@ pub fn send_args(t: &crate::plan::Target, dry_run: bool) -> Vec<String> {
 
 /// `zfs send` arguments for `snapshot`, incremental from `source` if given.
 pub fn send_args_from(
-    snapshot: &crate::names::SnapshotName,
-    source: Option<&crate::names::SnapshotName>,
+    snapshot: &qzb_protocol::names::SnapshotName,
+    source: Option<&qzb_protocol::names::SnapshotName>,
     progressive: bool,
     dry_run: bool,
 ) -> Vec<String> {

@@ -9,7 +9,7 @@ pub mod yaml;
 
 use crate::config::diag::Diagnostic;
 use crate::config::yaml::{quote, Node, Pos, Value};
-use crate::names::{DatasetName, QubeName, SnapLabel};
+use qzb_protocol::names::{DatasetName, QubeName, SnapLabel, MAX_NAME_LEN};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 
@@ -96,6 +96,8 @@ pub struct Group {
 pub struct Config {
     pub name: String,
     pub target: SnapLabel,
+    /// Where `scope.target-snapshot` is, for problems found when planning.
+    pub target_pos: Pos,
     pub since: Since,
     pub progressive: bool,
     pub honour_origins: bool,
@@ -104,6 +106,8 @@ pub struct Config {
     pub receiver_qube: QubeName,
     pub receiver_qube_pos: Pos,
     pub receiver_dataset: DatasetName,
+    /// Where `receiver.dataset` is, for problems found when planning.
+    pub receiver_dataset_pos: Pos,
     /// Referenced groups, include then forgo then void, each in list order.
     pub groups: Vec<Group>,
 }
@@ -346,12 +350,15 @@ impl Checker {
             }
         }
 
-        let (target, since, progressive, honour_origins) = scope?;
+        let ((target, target_pos), since, progressive, honour_origins) = scope?;
         let (snapshot_creation, patching) = behaviours?;
-        let (receiver_qube, receiver_qube_pos, receiver_dataset) = receiver?;
+        let (receiver_qube, receiver_qube_pos, (receiver_dataset, receiver_dataset_pos)) =
+            receiver?;
+        self.receivable(&target, target_pos, &receiver_dataset, receiver_dataset_pos);
         Some(Config {
             name: name?,
             target,
+            target_pos,
             since,
             progressive,
             honour_origins,
@@ -360,6 +367,7 @@ impl Checker {
             receiver_qube,
             receiver_qube_pos,
             receiver_dataset,
+            receiver_dataset_pos,
             groups: groups?,
         })
     }
@@ -395,7 +403,26 @@ impl Checker {
         }
     }
 
-    fn scope(&mut self, node: &Node) -> Option<(SnapLabel, Since, bool, bool)> {
+    /// Refuses a target label that no snapshot could carry on the receiver, where it is stored as
+    /// `<receiver dataset>/<pool>[/…]@label` (at least one character of source pool). Which
+    /// datasets are too long with it is only known with the inventory: the planner checks that.
+    fn receivable(&mut self, label: &SnapLabel, label_pos: Pos, root: &DatasetName, root_pos: Pos) {
+        let shortest = root.as_str().len() + "/p@".len() + label.as_str().len();
+        if shortest > MAX_NAME_LEN {
+            self.error(
+                "scope.target-snapshot",
+                label_pos,
+                format!(
+                    "the label {label} is {} bytes long: with the receiver dataset {root} (line {}), even a one-letter pool's snapshot would be received as a name of {shortest} bytes, and ZFS allows at most {MAX_NAME_LEN}; use a shorter label",
+                    label.as_str().len(),
+                    root_pos.line
+                ),
+            );
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn scope(&mut self, node: &Node) -> Option<((SnapLabel, Pos), Since, bool, bool)> {
         let keys = ["target-snapshot", "since", "progressive", "honour-origins"];
         let e = self.entries(node, "scope", "'scope' to hold its settings")?;
         self.expect_keys(&e, "scope", &keys);
@@ -431,7 +458,8 @@ impl Checker {
                 self.error("scope.since", n.pos, format!("'since' is the same snapshot as 'target-snapshot' ({t}); a backup must end after it starts (use the previous backup's target snapshot, or 'beginning')"));
             }
         }
-        Some((target?, since?, progressive?, honour?))
+        let target_pos = e.get("target-snapshot").map_or(e.pos, |n| n.pos);
+        Some(((target?, target_pos), since?, progressive?, honour?))
     }
 
     fn behaviours(&mut self, node: &Node) -> Option<(bool, bool)> {
@@ -451,7 +479,7 @@ impl Checker {
         Some((creation?, patching?))
     }
 
-    fn receiver(&mut self, node: &Node) -> Option<(QubeName, Pos, DatasetName)> {
+    fn receiver(&mut self, node: &Node) -> Option<(QubeName, Pos, (DatasetName, Pos))> {
         let keys = ["qube", "dataset"];
         let e = self.entries(node, "receiver", "'receiver' to hold 'qube' and 'dataset'")?;
         self.expect_keys(&e, "receiver", &keys);
@@ -472,7 +500,7 @@ impl Checker {
         let dataset = e.get("dataset").and_then(|n| {
             let s = self.text(n, "receiver.dataset", "a ZFS dataset name")?;
             match DatasetName::parse(s) {
-                Ok(d) => Some(d),
+                Ok(d) => Some((d, n.pos)),
                 Err(e) => {
                     self.error(
                         "receiver.dataset",

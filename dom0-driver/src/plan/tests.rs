@@ -224,10 +224,10 @@ fn add_snapshot(zfs: &mut ZfsInventory, txg: u64, name: &str) {
     let s = SnapshotName::parse(name).unwrap();
     let list = zfs
         .snapshots
-        .entry(s.dataset.as_str().to_owned())
+        .entry(s.dataset().as_str().to_owned())
         .or_default();
     list.push(Snapshot {
-        label: s.label,
+        label: s.label().clone(),
         createtxg: txg,
         guid: 5000 + txg,
     });

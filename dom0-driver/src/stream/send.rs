@@ -8,13 +8,13 @@
 //! before `zfs send -t` ever sees it.
 
 use crate::error::{Error, Result};
-use crate::names::{DatasetName, SnapshotName};
 use crate::output::{human_bytes, sanitize, Style};
 use crate::plan::Target;
 use crate::state::{BackupState, SendState, Store, TargetState};
 use crate::stream::qrexec::{Activity, Session};
 use crate::system::inventory::{Inventory, Runner, ToolError, ZfsInventory};
 use qzb_protocol as proto;
+use qzb_protocol::names::{DatasetName, SnapshotName};
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::process::{Command, Stdio};
@@ -56,7 +56,7 @@ impl ReceiverView {
         guid: u64,
         kind: proto::DatasetKind,
     ) -> Result<()> {
-        let ds = proto_ds(&snapshot.dataset)?;
+        let ds = proto_ds(snapshot.dataset())?;
         let info = proto::SnapshotInfo {
             name: proto_snap(snapshot)?,
             guid,
@@ -79,10 +79,10 @@ impl ReceiverView {
 
     /// The guid of `snapshot` on the receiver, if it is there.
     pub fn snapshot_guid(&self, snapshot: &SnapshotName) -> Option<u64> {
-        self.dataset(snapshot.dataset.as_str()).and_then(|d| {
+        self.dataset(snapshot.dataset().as_str()).and_then(|d| {
             d.snapshots
                 .iter()
-                .find(|s| s.name.label() == snapshot.label.as_str())
+                .find(|s| s.name.label() == snapshot.label())
                 .map(|s| s.guid)
         })
     }
@@ -91,20 +91,20 @@ impl ReceiverView {
 /// A source snapshot's place on the receiver: `<root>/<dataset>@label`.
 pub fn on_receiver(root: &DatasetName, snap: &SnapshotName) -> Result<SnapshotName> {
     let ds = snap
-        .dataset
+        .dataset()
         .under(root)
         .map_err(|e| Error::Refused(format!("{snap} cannot be placed under {root}: {e}")))?;
-    Ok(SnapshotName::new(ds, snap.label.clone()))
+    SnapshotName::new(ds, snap.label().clone())
+        .map_err(|e| Error::Refused(format!("{snap} cannot be placed under {root}: {e}")))
 }
 
+// dom0 and the wire share one set of name types: these only clone.
 fn proto_ds(d: &DatasetName) -> Result<proto::DatasetName> {
-    proto::DatasetName::new(d.as_str()).map_err(|e| Error::Refused(format!("{d}: {e}")))
+    Ok(d.clone())
 }
 
 fn proto_snap(s: &SnapshotName) -> Result<proto::SnapshotName> {
-    proto_ds(&s.dataset)?
-        .snapshot(s.label.as_str())
-        .map_err(|e| Error::Refused(format!("{s}: {e}")))
+    Ok(s.clone())
 }
 
 /// Asks the agent what is under the receiver root.
@@ -175,7 +175,7 @@ pub fn decide(
         ))
     })?;
     let dest = on_receiver(root, &target.snapshot)?;
-    let dest_ds = rx.dataset(dest.dataset.as_str());
+    let dest_ds = rx.dataset(dest.dataset().as_str());
     if let Some(have) = rx.snapshot_guid(&dest) {
         if have != guid {
             return Err(Error::Refused(format!(
@@ -260,16 +260,19 @@ fn continue_cut_package(
     let Some(last) = dest_ds.and_then(|d| d.snapshots.last()) else {
         return Ok(None);
     };
-    let ds = &target.snapshot.dataset;
+    let ds = target.snapshot.dataset();
     let snaps = source.snapshots_of(ds.as_str());
     let Some(pos) = snaps.iter().position(|s| s.guid == last.guid) else {
         return Ok(None);
     };
-    let target_pos = snaps.iter().position(|s| s.label == target.snapshot.label);
+    let target_pos = snaps
+        .iter()
+        .position(|s| &s.label == target.snapshot.label());
     if target_pos.is_none_or(|t| pos >= t) {
         return Ok(None);
     }
-    let common = SnapshotName::new(ds.clone(), snaps[pos].label.clone());
+    let common = SnapshotName::new(ds.clone(), snaps[pos].label.clone())
+        .map_err(|e| Error::Refused(format!("{ds}{}: {e}", snaps[pos].label)))?;
     // The receiver ends at the planned source itself: that is the planned stream, not a
     // continuation (the normal path sends it, and checks the source's guid).
     if target.incremental_source.as_ref() == Some(&common) {
@@ -277,8 +280,8 @@ fn continue_cut_package(
     }
     // Only where the plan's own source is not newer than what the receiver has.
     if let Some(planned) = &target.incremental_source {
-        if planned.dataset == *ds {
-            let planned_pos = snaps.iter().position(|s| s.label == planned.label);
+        if planned.dataset() == ds {
+            let planned_pos = snaps.iter().position(|s| &s.label == planned.label());
             if planned_pos.is_some_and(|p| p > pos) {
                 return Ok(None);
             }
@@ -299,7 +302,7 @@ fn continue_cut_package(
         origin: None,
         note: Some(format!(
             "continuing from @{}, which the receiver already has",
-            common.label.as_str()
+            common.label().as_str()
         )),
     }))
 }
@@ -722,7 +725,7 @@ pub fn send(
                 let dest = on_receiver(&root, &t.target.snapshot)?;
                 let request = proto::ReceiveRequest {
                     root: proto_ds(&root)?,
-                    destination: proto_ds(&dest.dataset)?,
+                    destination: proto_ds(dest.dataset())?,
                     snapshot: proto_snap(&dest)?,
                     guid,
                     kind: match t.target.kind {
@@ -905,7 +908,7 @@ pub fn receiver_checks(
                 ));
             }
         } else if rx
-            .dataset(dest.dataset.as_str())
+            .dataset(dest.dataset().as_str())
             .and_then(|d| d.receive_resume_token.as_ref())
             .is_some()
         {
@@ -956,13 +959,13 @@ pub fn abort(
     let rx = inventory(&mut session, &root)?;
     let mut dests: Vec<DatasetName> = Vec::new();
     for t in &state.targets {
-        let d = on_receiver(&root, &t.target.snapshot)?.dataset;
+        let d = on_receiver(&root, &t.target.snapshot)?.dataset().clone();
         let has_token = rx
             .dataset(d.as_str())
             .and_then(|x| x.receive_resume_token.as_ref())
             .is_some();
         let wanted =
-            only.is_none_or(|o| o == d.as_str() || o == t.target.snapshot.dataset.as_str());
+            only.is_none_or(|o| o == d.as_str() || o == t.target.snapshot.dataset().as_str());
         if has_token && wanted && !dests.contains(&d) {
             dests.push(d);
         }
@@ -1028,7 +1031,7 @@ pub fn abort(
         }
         for t in &mut state.targets {
             if t.send_state == SendState::Partial
-                && t.target.snapshot.dataset.under(&root).ok().as_ref() == Some(d)
+                && t.target.snapshot.dataset().under(&root).ok().as_ref() == Some(d)
             {
                 t.send_state = SendState::Pending;
             }
@@ -1042,10 +1045,10 @@ pub fn abort(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::names::SnapLabel;
     use crate::plan::Reason;
     use crate::state::SnapshotState;
     use crate::system::inventory::{DatasetKind, Snapshot};
+    use qzb_protocol::names::SnapLabel;
 
     const ROOT: &str = "bpool/b";
 
@@ -1094,16 +1097,16 @@ mod tests {
 
     /// A receiver holding bpool/b/pool/vm with the given snapshots and token.
     fn receiver(snaps: &[(&str, u64)], token: Option<String>) -> ReceiverView {
-        let name = proto::DatasetName::new("bpool/b/pool/vm").unwrap();
+        let name = proto::DatasetName::parse("bpool/b/pool/vm").unwrap();
         ReceiverView::from_reply(proto::InventoryReply {
-            root: proto::DatasetName::new(ROOT).unwrap(),
+            root: proto::DatasetName::parse(ROOT).unwrap(),
             available: 1 << 40,
             datasets: vec![proto::DatasetInfo {
                 snapshots: snaps
                     .iter()
                     .enumerate()
                     .map(|(i, (l, g))| proto::SnapshotInfo {
-                        name: name.snapshot(l).unwrap(),
+                        name: proto::SnapshotName::parse(&format!("{name}@{l}")).unwrap(),
                         guid: *g,
                         createtxg: i as u64,
                     })
@@ -1118,7 +1121,7 @@ mod tests {
 
     fn empty_receiver() -> ReceiverView {
         ReceiverView::from_reply(proto::InventoryReply {
-            root: proto::DatasetName::new(ROOT).unwrap(),
+            root: proto::DatasetName::parse(ROOT).unwrap(),
             available: 1,
             datasets: vec![],
         })
@@ -1134,7 +1137,7 @@ mod tests {
             offset: 4096,
             bytes: 8192,
             toguid,
-            toname: proto::SnapshotName::new(toname).unwrap(),
+            toname: proto::SnapshotName::parse(toname).unwrap(),
             fromguid,
             largeblockok: true,
             embedok: true,

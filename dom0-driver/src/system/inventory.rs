@@ -4,7 +4,7 @@
 //! functions of the tools' real output formats so tests can feed recorded output, and the
 //! `Runner` seam lets tests replace the processes.
 
-use crate::names::{DatasetName, SnapLabel, SnapshotName};
+use qzb_protocol::names::{DatasetName, SnapLabel, SnapshotName};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::process::{Command, Stdio};
@@ -63,9 +63,9 @@ impl ZfsInventory {
     }
 
     pub fn snapshot(&self, name: &SnapshotName) -> Option<&Snapshot> {
-        self.snapshots_of(name.dataset.as_str())
+        self.snapshots_of(name.dataset().as_str())
             .iter()
-            .find(|s| s.label == name.label)
+            .find(|s| &s.label == name.label())
     }
 
     pub fn snapshot_count(&self) -> usize {
@@ -293,9 +293,9 @@ pub fn parse_zfs_list(text: &str) -> Result<ZfsInventory, String> {
                 let snap = SnapshotName::parse(name)
                     .map_err(|e| at(&format!("bad snapshot name ({e})")))?;
                 snaps.push((
-                    snap.dataset.as_str().to_owned(),
+                    snap.dataset().as_str().to_owned(),
                     Snapshot {
-                        label: snap.label,
+                        label: snap.label().clone(),
                         createtxg,
                         guid,
                     },
