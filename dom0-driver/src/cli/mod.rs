@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::output::report;
 use crate::output::{human_bytes, sanitize, Style};
 use crate::plan::{self, Plan};
-use crate::state::{BackupState, SendState, SnapshotState, Store};
+use crate::state::{BackupName, BackupState, SendState, SnapshotState, Store};
 use crate::system::inventory::{self, Inventory, Runner, SystemRunner};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -72,12 +72,16 @@ pub enum Command {
     #[command(
         after_help = "Each qube's (or dataset group's) snapshots are taken in one atomic `zfs snapshot` call per pool.\nA volume attached read-write to a running qube is never snapshotted: its qube is deferred.\n\nExample, to snapshot `work` with as little downtime as possible:\n  qvm-shutdown --wait work && qubes-zfs-backup snapshot mybackup1; qvm-start work"
     )]
-    Snapshot { name: String },
+    Snapshot {
+        #[arg(value_parser = BackupName::parse)]
+        name: BackupName,
+    },
     /// Estimate the size of every send (zfs send -n -v -P).
     #[command(after_help = "Example:\n  qubes-zfs-backup calc mybackup1")]
     Calc {
         /// The backup's name (its config's `name`).
-        name: String,
+        #[arg(value_parser = BackupName::parse)]
+        name: BackupName,
         #[arg(long)]
         json: bool,
     },
@@ -85,15 +89,22 @@ pub enum Command {
     #[command(
         after_help = "Interrupt at any time (Ctrl-C, or even kill -9): progress is saved after every target, and an\ninterrupted target resumes where it stopped on the next `send`.\n\nExample:\n  qubes-zfs-backup send mybackup1"
     )]
-    Send { name: String },
+    Send {
+        #[arg(value_parser = BackupName::parse)]
+        name: BackupName,
+    },
     /// Compare every sent target's snapshot guid on the receiver with the source's.
-    Verify { name: String },
+    Verify {
+        #[arg(value_parser = BackupName::parse)]
+        name: BackupName,
+    },
     /// Discard partial receive state (zfs receive -A) of this backup on the receiver.
     #[command(
         after_help = "Example:\n  qubes-zfs-backup abort mybackup1 backuppool/backups/mydesktop/mainpool/qubes/work/private"
     )]
     Abort {
-        name: String,
+        #[arg(value_parser = BackupName::parse)]
+        name: BackupName,
         /// Only this dataset (its receiver-side or dom0-side name).
         dataset: Option<String>,
         /// Do not ask for confirmation.
@@ -102,7 +113,8 @@ pub enum Command {
     },
     /// Show the state of every target of an imported backup.
     Status {
-        name: String,
+        #[arg(value_parser = BackupName::parse)]
+        name: BackupName,
         #[arg(long)]
         json: bool,
     },

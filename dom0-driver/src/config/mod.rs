@@ -9,6 +9,7 @@ pub mod yaml;
 
 use crate::config::diag::Diagnostic;
 use crate::config::yaml::{quote, Node, Pos, Value};
+use crate::state::BackupName;
 use qzb_protocol::names::{DatasetName, QubeName, SnapLabel, MAX_NAME_LEN};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -94,7 +95,7 @@ pub struct Group {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
-    pub name: String,
+    pub name: BackupName,
     pub target: SnapLabel,
     /// Where `scope.target-snapshot` is, for problems found when planning.
     pub target_pos: Pos,
@@ -122,9 +123,6 @@ const RESERVED: [&str; 7] = [
     "forgo-groups",
     "void-groups",
 ];
-
-/// Longest config name: it becomes a file name in the metadata directory.
-const MAX_CONFIG_NAME_LEN: usize = 64;
 
 /// Parses and checks a config. On success returns it with any warnings; otherwise every error.
 pub fn parse(text: &str) -> Result<(Config, Vec<Diagnostic>), Vec<Diagnostic>> {
@@ -372,34 +370,18 @@ impl Checker {
         })
     }
 
-    fn config_name(&mut self, node: &Node) -> Option<String> {
+    fn config_name(&mut self, node: &Node) -> Option<BackupName> {
         let s = self.text(node, "name", "the backup's name as text")?;
-        let valid_chars = s
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-        let problem = if s.is_empty() {
-            Some("it is empty".to_owned())
-        } else if s.len() > MAX_CONFIG_NAME_LEN {
-            Some(format!(
-                "it is longer than {MAX_CONFIG_NAME_LEN} characters"
-            ))
-        } else if !valid_chars {
-            Some("use only letters, digits, '_', '-' and '.'".to_owned())
-        } else if s.starts_with(['.', '-']) {
-            Some("it must not start with '.' or '-'".to_owned())
-        } else {
-            None
-        };
-        match problem {
-            Some(p) => {
+        match BackupName::parse(s) {
+            Ok(name) => Some(name),
+            Err(e) => {
                 self.error(
                     "name",
                     node.pos,
-                    format!("{} is not a valid backup name: {p}", quote(s)),
+                    format!("{} is not a valid backup name: {e}", quote(s)),
                 );
                 None
             }
-            None => Some(s.to_owned()),
         }
     }
 
