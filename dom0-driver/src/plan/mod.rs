@@ -979,3 +979,6 @@ impl<'a> Planner<'a> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod names_agree;
