@@ -154,6 +154,9 @@ struct Checker {
     warnings: Vec<Diagnostic>,
 }
 
+/// `scope`: the target label and its position, since, progressive, honour-origins.
+type Scope = ((SnapLabel, Pos), Since, bool, bool);
+
 /// A mapping's entries by key, after duplicate and key-type checks.
 struct Entries<'n> {
     map: BTreeMap<String, (&'n Node, &'n Node)>,
@@ -403,8 +406,7 @@ impl Checker {
         }
     }
 
-    #[allow(clippy::type_complexity)]
-    fn scope(&mut self, node: &Node) -> Option<((SnapLabel, Pos), Since, bool, bool)> {
+    fn scope(&mut self, node: &Node) -> Option<Scope> {
         let keys = ["target-snapshot", "since", "progressive", "honour-origins"];
         let e = self.entries(node, "scope", "'scope' to hold its settings")?;
         self.expect_keys(&e, "scope", &keys);
