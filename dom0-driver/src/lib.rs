@@ -21,7 +21,6 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod error;
-pub mod names;
 pub mod output;
 pub mod plan;
 pub mod snapshot;

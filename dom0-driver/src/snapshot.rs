@@ -5,10 +5,10 @@
 //! consistent. We learn attachments from two sources and trust either: `xl list -l` (what Xen
 //! really has attached) and the Admin API (running qubes' read-write volumes).
 
-use crate::names::SnapshotName;
 use crate::state::{SnapshotState, TargetState};
 use crate::system::inventory::Inventory;
 use crate::system::runner::{Runner, ToolError};
+use qzb_protocol::names::SnapshotName;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Who holds a dataset read-write.
@@ -122,7 +122,7 @@ pub fn decide(targets: &[TargetState], holders: &Holders) -> Decision {
             continue;
         }
         let object = t.target.object.clone().unwrap_or_default();
-        let pool = t.target.snapshot.dataset.pool().to_owned();
+        let pool = t.target.snapshot.dataset().pool().to_owned();
         groups
             .entry((object, pool))
             .or_default()
@@ -133,8 +133,8 @@ pub fn decide(targets: &[TargetState], holders: &Holders) -> Decision {
             .iter()
             .filter_map(|s| {
                 holders
-                    .get(s.dataset.as_str())
-                    .map(|h| (s.dataset.to_string(), h.iter().cloned().collect()))
+                    .get(s.dataset().as_str())
+                    .map(|h| (s.dataset().to_string(), h.iter().cloned().collect()))
             })
             .collect();
         let group = Group { object, snapshots };

@@ -34,7 +34,7 @@ pub fn partial_token() -> String {
         offset: 30,
         bytes: 30,
         toguid: PARTIAL_TOGUID,
-        toname: SnapshotName::new(format!("{ROOT}/b@s1")).expect("valid name"),
+        toname: SnapshotName::parse(&format!("{ROOT}/b@s1")).expect("valid name"),
         fromguid: None,
         largeblockok: false,
         embedok: false,
@@ -139,7 +139,7 @@ pub fn run_agent(input: &[u8]) {
 
     for name in zfs.state().datasets.keys() {
         assert!(
-            DatasetName::new(name.clone()).is_ok(),
+            DatasetName::parse(name).is_ok(),
             "invalid dataset name in pool: {name:?}"
         );
     }

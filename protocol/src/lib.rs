@@ -27,7 +27,9 @@ pub use messages::{
     ReceiveResult, Reply, Request, SnapshotInfo, MAX_INVENTORY_DATASETS, MAX_INVENTORY_SNAPSHOTS,
     MAX_MESSAGE_LEN, MAX_RESUME_TOKEN_LEN, MAX_ZFS_STDERR_LEN,
 };
-pub use names::{DatasetName, NameError, SnapshotName, MAX_NAME_LEN};
+pub use names::{
+    BookmarkName, DatasetName, NameError, QubeName, SnapLabel, SnapshotName, MAX_NAME_LEN,
+};
 pub use token::{
     decode_resume_token, encode_resume_token, encode_resume_token_with, NvEncoding, ResumeToken,
     TokenError,

@@ -103,6 +103,9 @@ pub struct AbortRequest {
     pub dataset: DatasetName,
 }
 
+// A request is decoded, handled and dropped one at a time, so the size of the largest variant
+// costs nothing; boxing it would only add an allocation per request.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub enum Request {
     Inventory(InventoryRequest),
@@ -263,7 +266,7 @@ impl ReceiveRequest {
                 self.destination, self.root
             ));
         }
-        if self.snapshot.dataset() != self.destination {
+        if *self.snapshot.dataset() != self.destination {
             return Err(format!(
                 "snapshot {} is not on the destination {}",
                 self.snapshot, self.destination
@@ -276,7 +279,7 @@ impl ReceiveRequest {
                     self.root
                 ));
             }
-            if origin.dataset() == self.destination {
+            if *origin.dataset() == self.destination {
                 return Err(format!(
                     "clone origin {origin} is on the destination itself"
                 ));
@@ -289,7 +292,7 @@ impl ReceiveRequest {
                 }
             }
             ReceiveMode::Incremental { from, .. } => match &self.origin {
-                None if from.dataset() != self.destination => {
+                None if *from.dataset() != self.destination => {
                     return Err(format!(
                         "incremental source {from} is not on the destination {}",
                         self.destination
@@ -342,7 +345,7 @@ impl Reply {
                         ));
                     }
                     for snap in &ds.snapshots {
-                        if snap.name.dataset_str() != ds.name.as_str() {
+                        if snap.name.dataset() != &ds.name {
                             return Err(format!(
                                 "snapshot {} listed under dataset {}",
                                 snap.name, ds.name

@@ -1,62 +1,169 @@
-//! Validated ZFS dataset and snapshot names.
+//! Validated names: datasets, snapshot labels, snapshots, bookmarks and qubes.
 //!
-//! Every name that crosses the trust boundary is parsed into one of these types first, so the
-//! rest of the code never sees a name that could escape the receiver root, smuggle an option
-//! into a `zfs` argv, or break a line-oriented parser.
+//! The one set of name types both sides use. Every name that reaches a `zfs` argv, a file path
+//! or the wire is parsed into one of these first, so the rest of the code never sees a name that
+//! ZFS or Qubes would reject, that could escape the receiver root, that could be read as an
+//! option, or that could break a line-oriented parser.
+//!
+//! The rules (ZFS's `zfs_namecheck.c` and Qubes' `validate_name`, made stricter where a name
+//! could be read as an option):
+//! - a dataset is `/`-separated components of `[A-Za-z0-9_.: -]`; no component is empty, `.`
+//!   or `..`, or starts with `-`; the pool (first component) starts with a letter and is not a
+//!   name ZFS reserves (`mirror`, `raidz*`, `draid*`, `spare`, `log`);
+//! - a snapshot label follows the component rules; a whole snapshot name `dataset@label` or
+//!   bookmark name `dataset#label` is at most 255 bytes, like a dataset name;
+//! - a qube name starts with a letter, continues with `[A-Za-z0-9_.-]` and is at most 31
+//!   characters long.
+//!
+//! Names travel on the wire (bincode) and in dom0's state files (serde, with the `serde`
+//! feature) as plain strings, and are validated again whenever they are read.
 
 use std::fmt;
-use std::str::FromStr;
 
-/// Longest dataset or snapshot name ZFS accepts (`ZFS_MAX_DATASET_NAME_LEN` minus the NUL).
+/// Longest dataset, snapshot or bookmark name ZFS accepts (`ZFS_MAX_DATASET_NAME_LEN` minus
+/// the NUL).
 pub const MAX_NAME_LEN: usize = 255;
+/// Longest snapshot label: the shortest dataset (`a`) and the `@` take two bytes.
+pub const MAX_LABEL_LEN: usize = MAX_NAME_LEN - 2;
+/// Longest qube name Qubes accepts.
+pub const MAX_QUBE_NAME_LEN: usize = 31;
 
-/// Why a name was refused.
+/// Why a name was refused. The text completes "… is not a valid <kind>: ", for an admin.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NameError {
     Empty,
+    /// Longer than ZFS allows (`max` bytes).
     TooLong {
+        len: usize,
+        max: usize,
+    },
+    /// `dataset@label` or `dataset#label` together would be longer than ZFS allows.
+    CombinedTooLong {
         len: usize,
     },
     /// A character outside `[A-Za-z0-9_.: -]` (control characters, NUL, `%`, `/` in a label…).
     BadChar {
         ch: char,
     },
+    /// A doubled `/` (an empty component).
     EmptyComponent,
     LeadingOrTrailingSlash,
-    /// A `.` or `..` component.
+    /// A `.` or `..` component or label.
     DotComponent,
     /// The pool name (first component) must start with a letter.
-    BadPoolName,
+    PoolStartsWith {
+        ch: char,
+    },
+    /// A pool name ZFS reserves for vdev types.
+    ReservedPoolName {
+        pool: String,
+    },
     /// `@` or `#` inside the dataset part.
     UnexpectedDelimiter {
         ch: char,
     },
     /// A snapshot name without exactly one `@`.
     NotASnapshot,
-    /// Leading `-` would let a name be read as a `zfs` option.
+    /// A bookmark name without exactly one `#`.
+    NotABookmark,
+    /// A label written without its leading `@` where one is expected.
+    MissingAt,
+    EmptyLabel,
+    /// A component or label starting with `-` could be read as an option.
     LeadingDash,
+    /// A qube name must start with a letter.
+    QubeStartsWith {
+        ch: char,
+    },
+    /// A character outside `[A-Za-z0-9_.-]` in a qube name.
+    BadQubeChar {
+        ch: char,
+    },
+    QubeTooLong {
+        len: usize,
+    },
+}
+
+/// Shows a character safely, whatever it is: `'x'` for a visible ASCII character, `U+000A`
+/// otherwise.
+pub fn describe_char(c: char) -> String {
+    if c.is_ascii_graphic() {
+        format!("'{c}'")
+    } else {
+        format!("U+{:04X}", c as u32)
+    }
 }
 
 impl fmt::Display for NameError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            NameError::Empty => write!(f, "name is empty"),
-            NameError::TooLong { len } => {
-                write!(
-                    f,
-                    "name is {len} bytes long, ZFS allows at most {MAX_NAME_LEN}"
-                )
+            NameError::Empty => write!(f, "the name is empty"),
+            NameError::TooLong { len, max } => {
+                write!(f, "it is {len} bytes long; ZFS allows at most {max}")
             }
-            NameError::BadChar { ch } => write!(f, "name contains forbidden character {ch:?}"),
-            NameError::EmptyComponent => write!(f, "name has an empty component (\"//\")"),
-            NameError::LeadingOrTrailingSlash => write!(f, "name starts or ends with '/'"),
-            NameError::DotComponent => write!(f, "name has a '.' or '..' component"),
-            NameError::BadPoolName => write!(f, "pool name must start with a letter"),
+            NameError::CombinedTooLong { len } => write!(
+                f,
+                "with its dataset the full name would be {len} bytes long; ZFS allows at most {MAX_NAME_LEN}"
+            ),
+            NameError::BadChar { ch } => write!(
+                f,
+                "the character {} is not allowed (ZFS names use letters, digits, '_', '-', '.', ':' and space)",
+                describe_char(*ch)
+            ),
+            NameError::EmptyComponent => {
+                write!(f, "it has an empty component (a doubled '/')")
+            }
+            NameError::LeadingOrTrailingSlash => write!(f, "it starts or ends with '/'"),
+            NameError::DotComponent => {
+                write!(f, "a component or label cannot be '.' or '..'")
+            }
+            NameError::PoolStartsWith { ch } => write!(
+                f,
+                "the pool name must start with a letter, not {}",
+                describe_char(*ch)
+            ),
+            NameError::ReservedPoolName { pool } => write!(
+                f,
+                "'{pool}' cannot be a pool name: ZFS reserves mirror, raidz*, draid*, spare and log"
+            ),
+            NameError::UnexpectedDelimiter { ch: '@' } => {
+                write!(f, "it contains '@': that names a snapshot, not a dataset")
+            }
+            NameError::UnexpectedDelimiter { ch: '#' } => {
+                write!(f, "it contains '#': that names a bookmark, not a dataset")
+            }
             NameError::UnexpectedDelimiter { ch } => {
-                write!(f, "dataset part of the name contains {ch:?}")
+                write!(f, "it contains {}", describe_char(*ch))
             }
-            NameError::NotASnapshot => write!(f, "snapshot name needs exactly one '@'"),
-            NameError::LeadingDash => write!(f, "name component starts with '-'"),
+            NameError::NotASnapshot => {
+                write!(f, "a snapshot name is 'dataset@label', with exactly one '@'")
+            }
+            NameError::NotABookmark => {
+                write!(f, "a bookmark name is 'dataset#label', with exactly one '#'")
+            }
+            NameError::MissingAt => write!(
+                f,
+                "a snapshot label starts with '@' (for example \"@backup-1\")"
+            ),
+            NameError::EmptyLabel => write!(f, "the label after '@' is empty"),
+            NameError::LeadingDash => write!(
+                f,
+                "a component or label cannot start with '-', which would be read as an option"
+            ),
+            NameError::QubeStartsWith { ch } => write!(
+                f,
+                "a qube name starts with a letter, not {}",
+                describe_char(*ch)
+            ),
+            NameError::BadQubeChar { ch } => write!(
+                f,
+                "the character {} is not allowed in a qube name (letters, digits, '_', '.' and '-')",
+                describe_char(*ch)
+            ),
+            NameError::QubeTooLong { len } => write!(
+                f,
+                "it is {len} characters long; Qubes allows at most {MAX_QUBE_NAME_LEN}"
+            ),
         }
     }
 }
@@ -67,7 +174,7 @@ fn valid_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | ' ' | '-')
 }
 
-/// Checks one `/`-separated component of a dataset name, or a snapshot label.
+/// Checks one `/`-separated component of a dataset name, or a snapshot/bookmark label.
 fn check_component(component: &str) -> Result<(), NameError> {
     if component.is_empty() {
         return Err(NameError::EmptyComponent);
@@ -89,12 +196,31 @@ fn check_component(component: &str) -> Result<(), NameError> {
     Ok(())
 }
 
+fn check_pool(pool: &str) -> Result<(), NameError> {
+    match pool.chars().next() {
+        Some(ch) if !ch.is_ascii_alphabetic() => return Err(NameError::PoolStartsWith { ch }),
+        _ => {}
+    }
+    if matches!(pool, "mirror" | "spare" | "log")
+        || pool.starts_with("raidz")
+        || pool.starts_with("draid")
+    {
+        return Err(NameError::ReservedPoolName {
+            pool: pool.to_owned(),
+        });
+    }
+    Ok(())
+}
+
 fn check_dataset(name: &str) -> Result<(), NameError> {
     if name.is_empty() {
         return Err(NameError::Empty);
     }
     if name.len() > MAX_NAME_LEN {
-        return Err(NameError::TooLong { len: name.len() });
+        return Err(NameError::TooLong {
+            len: name.len(),
+            max: MAX_NAME_LEN,
+        });
     }
     if name.starts_with('/') || name.ends_with('/') {
         return Err(NameError::LeadingOrTrailingSlash);
@@ -102,42 +228,75 @@ fn check_dataset(name: &str) -> Result<(), NameError> {
     for component in name.split('/') {
         check_component(component)?;
     }
-    if !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
-        return Err(NameError::BadPoolName);
-    }
-    Ok(())
+    check_pool(name.split('/').next().unwrap_or(name))
 }
 
-/// A ZFS filesystem or volume name such as `pool/backups/qubes/vm-work`.
-///
-/// Components are made of `[A-Za-z0-9_.: -]`, no component is empty, `.` or `..`, or starts
-/// with `-`; no leading or trailing `/`; the pool name starts with a letter; at most 255 bytes.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// A ZFS filesystem or volume name such as `mainpool/qubes/work/private`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(try_from = "String", into = "String")
+)]
 pub struct DatasetName(String);
 
 impl DatasetName {
-    pub fn new(name: impl Into<String>) -> Result<Self, NameError> {
-        let name = name.into();
-        check_dataset(&name)?;
-        Ok(DatasetName(name))
+    pub fn parse(name: &str) -> Result<Self, NameError> {
+        check_dataset(name)?;
+        Ok(DatasetName(name.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
     }
 
-    /// True if `self` is a proper descendant of `root` (not `root` itself).
-    pub fn is_strictly_under(&self, root: &DatasetName) -> bool {
-        self.0.len() > root.0.len()
-            && self.0.starts_with(&root.0)
-            && self.0.as_bytes()[root.0.len()] == b'/'
+    /// The pool this dataset lives in (its first component).
+    pub fn pool(&self) -> &str {
+        self.0.split('/').next().unwrap_or(&self.0)
     }
 
     /// The containing dataset, or `None` for a pool's root dataset.
     pub fn parent(&self) -> Option<DatasetName> {
         self.0
-            .rfind('/')
-            .map(|at| DatasetName(self.0[..at].to_owned()))
+            .rsplit_once('/')
+            .map(|(parent, _)| DatasetName(parent.to_owned()))
+    }
+
+    /// The last component.
+    pub fn leaf(&self) -> &str {
+        self.0.rsplit('/').next().unwrap_or(&self.0)
+    }
+
+    /// Proper ancestors, nearest first (`a/b/c` → `a/b`, `a`).
+    pub fn ancestors(&self) -> impl Iterator<Item = &str> {
+        let s = self.0.as_str();
+        s.char_indices()
+            .rev()
+            .filter(|&(_, c)| c == '/')
+            .map(move |(i, _)| &s[..i])
+    }
+
+    /// True if `self` is a proper descendant of `ancestor` (`a/b` is under `a`, `ab` is not,
+    /// nor is `a` itself).
+    pub fn is_strictly_under(&self, ancestor: impl AsRef<str>) -> bool {
+        let ancestor = ancestor.as_ref();
+        self.0.len() > ancestor.len()
+            && self.0.starts_with(ancestor)
+            && self.0.as_bytes()[ancestor.len()] == b'/'
+    }
+
+    /// Number of components (a pool's root dataset has depth 1).
+    pub fn depth(&self) -> usize {
+        self.0.split('/').count()
+    }
+
+    /// `self` placed under `root`: `root/self` (where the receiver stores a backed-up dataset).
+    pub fn under(&self, root: &DatasetName) -> Result<DatasetName, NameError> {
+        DatasetName::parse(&format!("{}/{}", root.0, self.0))
+    }
+
+    pub fn components(&self) -> impl Iterator<Item = &str> {
+        self.0.split('/')
     }
 
     /// The datasets strictly between `root` and `self` (exclusive at both ends), outermost
@@ -158,29 +317,11 @@ impl DatasetName {
         between.reverse();
         Some(between)
     }
-
-    /// `self@label` as a validated snapshot name.
-    pub fn snapshot(&self, label: &str) -> Result<SnapshotName, NameError> {
-        SnapshotName::new(format!("{}@{}", self.0, label))
-    }
 }
 
 impl fmt::Display for DatasetName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for DatasetName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "DatasetName({:?})", self.0)
-    }
-}
-
-impl FromStr for DatasetName {
-    type Err = NameError;
-    fn from_str(s: &str) -> Result<Self, NameError> {
-        DatasetName::new(s)
     }
 }
 
@@ -190,31 +331,103 @@ impl AsRef<str> for DatasetName {
     }
 }
 
-/// A snapshot name `dataset@label`; the label follows the same character rules as a dataset
-/// component, and the whole name is at most 255 bytes.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// The label of a snapshot or bookmark, the part after `@` or `#` (stored without it).
+/// Displayed with its `@`, the way the config writes it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(try_from = "String", into = "String")
+)]
+pub struct SnapLabel(String);
+
+impl SnapLabel {
+    /// Parses a bare label (no `@`).
+    pub fn parse(label: &str) -> Result<Self, NameError> {
+        if label.is_empty() {
+            return Err(NameError::EmptyLabel);
+        }
+        if label.len() > MAX_LABEL_LEN {
+            return Err(NameError::TooLong {
+                len: label.len(),
+                max: MAX_LABEL_LEN,
+            });
+        }
+        match check_component(label) {
+            Err(NameError::UnexpectedDelimiter { ch: '@' }) => Err(NameError::NotASnapshot),
+            Err(NameError::UnexpectedDelimiter { ch }) => Err(NameError::BadChar { ch }),
+            Err(e) => Err(e),
+            Ok(()) => Ok(SnapLabel(label.to_owned())),
+        }
+    }
+
+    /// Parses a label written with its leading `@`, as the config file writes it.
+    pub fn parse_with_at(s: &str) -> Result<Self, NameError> {
+        match s.strip_prefix('@') {
+            Some(label) => SnapLabel::parse(label),
+            None => Err(NameError::MissingAt),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SnapLabel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "@{}", self.0)
+    }
+}
+
+fn check_combined(dataset: &DatasetName, label: &SnapLabel) -> Result<(), NameError> {
+    let len = dataset.0.len() + 1 + label.0.len();
+    if len > MAX_NAME_LEN {
+        return Err(NameError::CombinedTooLong { len });
+    }
+    Ok(())
+}
+
+/// A snapshot name `dataset@label`, at most 255 bytes in all.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(try_from = "String", into = "String")
+)]
 pub struct SnapshotName {
+    dataset: DatasetName,
+    label: SnapLabel,
     full: String,
-    at: usize,
 }
 
 impl SnapshotName {
-    pub fn new(name: impl Into<String>) -> Result<Self, NameError> {
-        let full = name.into();
-        if full.is_empty() {
+    /// `dataset@label`, refused if the whole name would be longer than ZFS allows.
+    pub fn new(dataset: DatasetName, label: SnapLabel) -> Result<Self, NameError> {
+        check_combined(&dataset, &label)?;
+        let full = format!("{}@{}", dataset.0, label.0);
+        Ok(SnapshotName {
+            dataset,
+            label,
+            full,
+        })
+    }
+
+    /// Parses `pool/ds@label`.
+    pub fn parse(name: &str) -> Result<Self, NameError> {
+        if name.is_empty() {
             return Err(NameError::Empty);
         }
-        if full.len() > MAX_NAME_LEN {
-            return Err(NameError::TooLong { len: full.len() });
+        if name.len() > MAX_NAME_LEN {
+            return Err(NameError::TooLong {
+                len: name.len(),
+                max: MAX_NAME_LEN,
+            });
         }
-        let at = full.find('@').ok_or(NameError::NotASnapshot)?;
-        let (dataset, label) = (&full[..at], &full[at + 1..]);
-        if label.contains('@') {
-            return Err(NameError::NotASnapshot);
-        }
-        check_dataset(dataset)?;
-        check_component(label)?;
-        Ok(SnapshotName { full, at })
+        let (dataset, label) = name.split_once('@').ok_or(NameError::NotASnapshot)?;
+        let dataset = DatasetName::parse(dataset)?;
+        let label = SnapLabel::parse(label)?;
+        SnapshotName::new(dataset, label)
     }
 
     pub fn as_str(&self) -> &str {
@@ -222,22 +435,18 @@ impl SnapshotName {
     }
 
     /// The dataset part (before `@`).
-    pub fn dataset(&self) -> DatasetName {
-        DatasetName(self.full[..self.at].to_owned())
-    }
-
-    pub fn dataset_str(&self) -> &str {
-        &self.full[..self.at]
+    pub fn dataset(&self) -> &DatasetName {
+        &self.dataset
     }
 
     /// The part after `@`.
-    pub fn label(&self) -> &str {
-        &self.full[self.at + 1..]
+    pub fn label(&self) -> &SnapLabel {
+        &self.label
     }
 
     /// True if the snapshot's dataset is strictly under `root`.
-    pub fn is_strictly_under(&self, root: &DatasetName) -> bool {
-        self.dataset().is_strictly_under(root)
+    pub fn is_strictly_under(&self, root: impl AsRef<str>) -> bool {
+        self.dataset.is_strictly_under(root)
     }
 }
 
@@ -247,175 +456,181 @@ impl fmt::Display for SnapshotName {
     }
 }
 
-impl fmt::Debug for SnapshotName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SnapshotName({:?})", self.full)
+/// A bookmark name `dataset#label`, at most 255 bytes in all.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(try_from = "String", into = "String")
+)]
+pub struct BookmarkName {
+    dataset: DatasetName,
+    label: SnapLabel,
+    full: String,
+}
+
+impl BookmarkName {
+    /// `dataset#label`, refused if the whole name would be longer than ZFS allows.
+    pub fn new(dataset: DatasetName, label: SnapLabel) -> Result<Self, NameError> {
+        check_combined(&dataset, &label)?;
+        let full = format!("{}#{}", dataset.0, label.0);
+        Ok(BookmarkName {
+            dataset,
+            label,
+            full,
+        })
+    }
+
+    /// Parses `pool/ds#label`.
+    pub fn parse(name: &str) -> Result<Self, NameError> {
+        if name.is_empty() {
+            return Err(NameError::Empty);
+        }
+        if name.len() > MAX_NAME_LEN {
+            return Err(NameError::TooLong {
+                len: name.len(),
+                max: MAX_NAME_LEN,
+            });
+        }
+        let (dataset, label) = name.split_once('#').ok_or(NameError::NotABookmark)?;
+        let dataset = DatasetName::parse(dataset)?;
+        let label = match SnapLabel::parse(label) {
+            Err(NameError::BadChar { ch: '#' }) => return Err(NameError::NotABookmark),
+            other => other?,
+        };
+        BookmarkName::new(dataset, label)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.full
+    }
+
+    pub fn dataset(&self) -> &DatasetName {
+        &self.dataset
+    }
+
+    pub fn label(&self) -> &SnapLabel {
+        &self.label
     }
 }
 
-impl FromStr for SnapshotName {
-    type Err = NameError;
-    fn from_str(s: &str) -> Result<Self, NameError> {
-        SnapshotName::new(s)
+impl fmt::Display for BookmarkName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.full)
     }
 }
+
+/// A qube name, by Qubes' own rule: a letter, then letters, digits, `_`, `.` or `-`; at most 31
+/// characters.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(try_from = "String", into = "String")
+)]
+pub struct QubeName(String);
+
+impl QubeName {
+    pub fn parse(name: &str) -> Result<Self, NameError> {
+        let mut chars = name.chars();
+        match chars.next() {
+            None => return Err(NameError::Empty),
+            Some(ch) if !ch.is_ascii_alphabetic() => return Err(NameError::QubeStartsWith { ch }),
+            _ => {}
+        }
+        if let Some(ch) =
+            chars.find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+        {
+            return Err(NameError::BadQubeChar { ch });
+        }
+        if name.len() > MAX_QUBE_NAME_LEN {
+            return Err(NameError::QubeTooLong { len: name.len() });
+        }
+        Ok(QubeName(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for QubeName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Compares dataset names component by component (`a/b` sorts before `a-b`), the order the
+/// coverage report and the send order use.
+pub fn cmp_components(a: &str, b: &str) -> std::cmp::Ordering {
+    a.split('/').cmp(b.split('/'))
+}
+
+// String conversions: serde (the state files) goes through these, and the wire through the
+// bincode impls below; both validate on the way in.
+macro_rules! string_conversions {
+    ($($ty:ident => $into:expr),* $(,)?) => {$(
+        impl TryFrom<String> for $ty {
+            type Error = NameError;
+            fn try_from(s: String) -> Result<Self, NameError> {
+                $ty::parse(&s)
+            }
+        }
+        impl From<$ty> for String {
+            fn from(n: $ty) -> String {
+                let into: fn($ty) -> String = $into;
+                into(n)
+            }
+        }
+    )*};
+}
+
+string_conversions!(
+    DatasetName => |n| n.0,
+    SnapLabel => |n| n.0,
+    SnapshotName => |n| n.full,
+    BookmarkName => |n| n.full,
+    QubeName => |n| n.0,
+);
 
 // Names travel inside bincode messages as plain strings and are re-validated on decode, so a
 // peer can never hand us an unchecked name.
-impl bincode::Encode for DatasetName {
-    fn encode<E: bincode::enc::Encoder>(
-        &self,
-        encoder: &mut E,
-    ) -> Result<(), bincode::error::EncodeError> {
-        self.0.encode(encoder)
-    }
+macro_rules! bincode_as_string {
+    ($($ty:ident: $what:literal),* $(,)?) => {$(
+        impl bincode::Encode for $ty {
+            fn encode<E: bincode::enc::Encoder>(
+                &self,
+                encoder: &mut E,
+            ) -> Result<(), bincode::error::EncodeError> {
+                let s: &str = self.as_str();
+                s.encode(encoder)
+            }
+        }
+
+        impl<Context> bincode::Decode<Context> for $ty {
+            fn decode<D: bincode::de::Decoder<Context = Context>>(
+                decoder: &mut D,
+            ) -> Result<Self, bincode::error::DecodeError> {
+                let raw = String::decode(decoder)?;
+                $ty::parse(&raw).map_err(|e| {
+                    bincode::error::DecodeError::OtherString(format!(
+                        concat!("invalid ", $what, ": {}"),
+                        e
+                    ))
+                })
+            }
+        }
+        bincode::impl_borrow_decode!($ty);
+    )*};
 }
 
-impl<Context> bincode::Decode<Context> for DatasetName {
-    fn decode<D: bincode::de::Decoder<Context = Context>>(
-        decoder: &mut D,
-    ) -> Result<Self, bincode::error::DecodeError> {
-        let raw = String::decode(decoder)?;
-        DatasetName::new(raw).map_err(|e| {
-            bincode::error::DecodeError::OtherString(format!("invalid dataset name: {e}"))
-        })
-    }
-}
-bincode::impl_borrow_decode!(DatasetName);
-
-impl bincode::Encode for SnapshotName {
-    fn encode<E: bincode::enc::Encoder>(
-        &self,
-        encoder: &mut E,
-    ) -> Result<(), bincode::error::EncodeError> {
-        self.full.encode(encoder)
-    }
-}
-
-impl<Context> bincode::Decode<Context> for SnapshotName {
-    fn decode<D: bincode::de::Decoder<Context = Context>>(
-        decoder: &mut D,
-    ) -> Result<Self, bincode::error::DecodeError> {
-        let raw = String::decode(decoder)?;
-        SnapshotName::new(raw).map_err(|e| {
-            bincode::error::DecodeError::OtherString(format!("invalid snapshot name: {e}"))
-        })
-    }
-}
-bincode::impl_borrow_decode!(SnapshotName);
+bincode_as_string!(
+    DatasetName: "dataset name",
+    SnapLabel: "snapshot label",
+    SnapshotName: "snapshot name",
+    BookmarkName: "bookmark name",
+    QubeName: "qube name",
+);
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ds(s: &str) -> DatasetName {
-        DatasetName::new(s).unwrap()
-    }
-
-    #[test]
-    fn accepts_ordinary_zfs_names() {
-        for ok in [
-            "pool",
-            "pool/a",
-            "pool/a b/c:d.e_f-g",
-            "p1/x",
-            "tank/qubes/vm-work/private",
-        ] {
-            assert!(DatasetName::new(ok).is_ok(), "{ok}");
-        }
-        let snap = SnapshotName::new("pool/a@qzb-2024-01-01").unwrap();
-        assert_eq!(snap.dataset(), ds("pool/a"));
-        assert_eq!(snap.label(), "qzb-2024-01-01");
-    }
-
-    #[test]
-    fn rejects_hostile_dataset_names() {
-        let cases: &[(&str, NameError)] = &[
-            ("", NameError::Empty),
-            ("/pool/a", NameError::LeadingOrTrailingSlash),
-            ("pool/a/", NameError::LeadingOrTrailingSlash),
-            ("pool//a", NameError::EmptyComponent),
-            ("pool/../etc", NameError::DotComponent),
-            ("pool/./a", NameError::DotComponent),
-            ("pool/a\0b", NameError::BadChar { ch: '\0' }),
-            ("pool/a\nb", NameError::BadChar { ch: '\n' }),
-            ("pool/a\tb", NameError::BadChar { ch: '\t' }),
-            ("pool/a@b", NameError::UnexpectedDelimiter { ch: '@' }),
-            ("pool/a#b", NameError::UnexpectedDelimiter { ch: '#' }),
-            ("pool/%recv", NameError::BadChar { ch: '%' }),
-            ("pool/-o", NameError::LeadingDash),
-            ("-pool", NameError::LeadingDash),
-            ("1pool", NameError::BadPoolName),
-            ("pool/é", NameError::BadChar { ch: 'é' }),
-        ];
-        for (name, want) in cases {
-            assert_eq!(DatasetName::new(*name).unwrap_err(), *want, "{name:?}");
-        }
-        let long = format!("pool/{}", "a".repeat(251));
-        assert_eq!(
-            DatasetName::new(long).unwrap_err(),
-            NameError::TooLong { len: 256 }
-        );
-        assert!(DatasetName::new(format!("pool/{}", "a".repeat(250))).is_ok());
-    }
-
-    #[test]
-    fn rejects_hostile_snapshot_names() {
-        for bad in [
-            "pool/a",
-            "pool/a@",
-            "pool/a@b@c",
-            "@b",
-            "pool/a@b/c",
-            "pool/a@b\n",
-            "pool/a@-b",
-            "pool/a@..",
-            "pool/a@b#c",
-            "/pool@x",
-        ] {
-            assert!(SnapshotName::new(bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn strictly_under_requires_a_component_boundary() {
-        let root = ds("pool/backup");
-        assert!(ds("pool/backup/a").is_strictly_under(&root));
-        assert!(ds("pool/backup/a/b").is_strictly_under(&root));
-        assert!(!ds("pool/backup").is_strictly_under(&root));
-        assert!(!ds("pool/backupx/a").is_strictly_under(&root));
-        assert!(!ds("pool/back").is_strictly_under(&root));
-        assert!(!ds("other/backup/a").is_strictly_under(&root));
-        assert!(SnapshotName::new("pool/backup/a@s")
-            .unwrap()
-            .is_strictly_under(&root));
-        assert!(!SnapshotName::new("pool/backup@s")
-            .unwrap()
-            .is_strictly_under(&root));
-    }
-
-    #[test]
-    fn intermediates_lists_missing_parents_outermost_first() {
-        let root = ds("pool/r");
-        assert_eq!(
-            ds("pool/r/a/b/c").intermediates_below(&root).unwrap(),
-            vec![ds("pool/r/a"), ds("pool/r/a/b")]
-        );
-        assert!(ds("pool/r/a")
-            .intermediates_below(&root)
-            .unwrap()
-            .is_empty());
-        assert!(ds("pool/x/a").intermediates_below(&root).is_none());
-    }
-
-    #[test]
-    fn names_refuse_invalid_strings_when_decoded_from_bincode() {
-        let config = bincode::config::standard();
-        let bytes = bincode::encode_to_vec("pool/../x".to_string(), config).unwrap();
-        let err = bincode::decode_from_slice::<DatasetName, _>(&bytes, config).unwrap_err();
-        assert!(err.to_string().contains("invalid dataset name"), "{err}");
-        let bytes = bincode::encode_to_vec(ds("pool/a"), config).unwrap();
-        let (back, _) = bincode::decode_from_slice::<DatasetName, _>(&bytes, config).unwrap();
-        assert_eq!(back, ds("pool/a"));
-    }
-}
+mod tests;

@@ -478,7 +478,7 @@ fn token_from_pairs(pairs: Vec<(String, NvValue)>) -> Result<ResumeToken, TokenE
         offset: 0,
         bytes: 0,
         toguid: 0,
-        toname: SnapshotName::new("placeholder@placeholder").expect("valid"),
+        toname: SnapshotName::parse("placeholder@placeholder").expect("valid"),
         fromguid: None,
         largeblockok: false,
         embedok: false,
@@ -495,7 +495,8 @@ fn token_from_pairs(pairs: Vec<(String, NvValue)>) -> Result<ResumeToken, TokenE
             ("toguid", NvValue::Uint64(v)) => toguid = Some(v),
             ("fromguid", NvValue::Uint64(v)) => token.fromguid = Some(v),
             ("toname", NvValue::String(v)) => {
-                toname = Some(SnapshotName::new(v).map_err(|e| TokenError::BadName(e.to_string()))?)
+                toname =
+                    Some(SnapshotName::parse(&v).map_err(|e| TokenError::BadName(e.to_string()))?)
             }
             ("largeblockok", NvValue::Boolean) => token.largeblockok = true,
             ("embedok", NvValue::Boolean) => token.embedok = true,
@@ -670,7 +671,7 @@ mod tests {
     use super::*;
 
     fn snap(s: &str) -> SnapshotName {
-        SnapshotName::new(s).unwrap()
+        SnapshotName::parse(s).unwrap()
     }
 
     fn sample(fromguid: Option<u64>) -> ResumeToken {

@@ -5,11 +5,11 @@ use std::io::Cursor;
 use qzb_protocol::*;
 
 fn ds(s: &str) -> DatasetName {
-    DatasetName::new(s).unwrap()
+    DatasetName::parse(s).unwrap()
 }
 
 fn snap(s: &str) -> SnapshotName {
-    SnapshotName::new(s).unwrap()
+    SnapshotName::parse(s).unwrap()
 }
 
 fn receive_request(mode: ReceiveMode) -> ReceiveRequest {

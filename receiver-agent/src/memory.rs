@@ -124,7 +124,7 @@ impl Zfs for MemoryZfs {
         }
         let mut datasets = Vec::new();
         for (name, ds) in &st.datasets {
-            let name = DatasetName::new(name.clone()).expect("valid test name");
+            let name = DatasetName::parse(name).expect("valid test name");
             if name != *root && !name.is_strictly_under(root) {
                 continue;
             }
@@ -133,7 +133,8 @@ impl Zfs for MemoryZfs {
                     .snapshots
                     .iter()
                     .map(|(label, guid, txg)| SnapshotInfo {
-                        name: name.snapshot(label).expect("valid test label"),
+                        name: SnapshotName::parse(&format!("{name}@{label}"))
+                            .expect("valid test label"),
                         guid: *guid,
                         createtxg: *txg,
                     })
@@ -182,8 +183,12 @@ impl Zfs for MemoryZfs {
         Ok(self
             .state()
             .datasets
-            .get(snapshot.dataset_str())
-            .and_then(|ds| ds.snapshots.iter().find(|s| s.0 == snapshot.label()))
+            .get(snapshot.dataset().as_str())
+            .and_then(|ds| {
+                ds.snapshots
+                    .iter()
+                    .find(|s| s.0 == snapshot.label().as_str())
+            })
             .map(|s| s.1))
     }
 
@@ -284,8 +289,8 @@ impl ReceiveProcess for MemReceive {
         if let Some(f) = failure {
             return fail(f.stderr);
         }
-        let dest = args.target.dataset_str().to_owned();
-        let label = args.target.label().to_owned();
+        let dest = args.target.dataset().as_str().to_owned();
+        let label = args.target.label().as_str().to_owned();
         let existing = st.datasets.get(&dest).cloned();
         let mut stream = bytes;
         if args.resuming {

@@ -80,7 +80,7 @@ pub fn receive_argv(args: &ReceiveArgs) -> Vec<String> {
     // The destination dataset, never `dataset@snap`: zfs refuses a snapshot name for a
     // multi-snapshot (-I) stream, and the stream names its snapshots itself. The agent checks
     // the expected snapshot's guid afterwards.
-    argv.push(args.target.dataset_str().to_owned());
+    argv.push(args.target.dataset().as_str().to_owned());
     argv
 }
 
@@ -290,7 +290,7 @@ pub fn parse_inventory(
         let [name, kind, guid, token, available] = fields[..] else {
             return Err(format!("unexpected zfs list line {line:?}"));
         };
-        let Ok(name) = DatasetName::new(name) else {
+        let Ok(name) = DatasetName::parse(name) else {
             eprintln!("qubes-zfs-backup-receiver: skipping dataset with unusable name {name:?}");
             continue;
         };
@@ -321,7 +321,7 @@ pub fn parse_inventory(
         let [name, guid, createtxg] = fields[..] else {
             return Err(format!("unexpected zfs list line {line:?}"));
         };
-        let Ok(name) = SnapshotName::new(name) else {
+        let Ok(name) = SnapshotName::parse(name) else {
             eprintln!("qubes-zfs-backup-receiver: skipping snapshot with unusable name {name:?}");
             continue;
         };
@@ -333,7 +333,7 @@ pub fn parse_inventory(
         if let Some(ds) = reply
             .datasets
             .iter_mut()
-            .find(|d| d.name.as_str() == info.name.dataset_str())
+            .find(|d| d.name.as_str() == info.name.dataset().as_str())
         {
             ds.snapshots.push(info);
         }
@@ -480,7 +480,7 @@ mod tests {
     use super::*;
 
     fn snap(s: &str) -> SnapshotName {
-        SnapshotName::new(s).unwrap()
+        SnapshotName::parse(s).unwrap()
     }
 
     fn args(kind: DatasetKind, resuming: bool, on_resume: bool) -> ReceiveArgs {
@@ -536,7 +536,7 @@ mod tests {
 
     #[test]
     fn parses_real_format_zfs_list_output() {
-        let root = DatasetName::new("bpool/qzb").unwrap();
+        let root = DatasetName::parse("bpool/qzb").unwrap();
         let datasets = "bpool/qzb\tfilesystem\t111\t-\t5368709120\n\
                         bpool/qzb/vm-a\tvolume\t222\t1-abc-10-00\t5368709120\n\
                         bpool/qzb/bad%recv\tfilesystem\t9\t-\t1\n";
@@ -547,13 +547,17 @@ mod tests {
         let vm = &inv.datasets[1];
         assert_eq!(vm.kind, DatasetKind::Volume);
         assert_eq!(vm.receive_resume_token.as_deref(), Some("1-abc-10-00"));
-        let labels: Vec<_> = vm.snapshots.iter().map(|s| s.name.label()).collect();
+        let labels: Vec<_> = vm
+            .snapshots
+            .iter()
+            .map(|s| s.name.label().as_str())
+            .collect();
         assert_eq!(labels, ["s1", "s2"]);
     }
 
     #[test]
     fn inventory_parser_refuses_malformed_output() {
-        let root = DatasetName::new("bpool/qzb").unwrap();
+        let root = DatasetName::parse("bpool/qzb").unwrap();
         assert!(parse_inventory(&root, "bpool/qzb\tfilesystem\t1\t-\n", "").is_err());
         assert!(parse_inventory(&root, "bpool/qzb\tfilesystem\tx\t-\t1\n", "").is_err());
         assert!(parse_inventory(&root, "bpool/other\tfilesystem\t1\t-\t1\n", "").is_err());

@@ -97,9 +97,9 @@ fn full_receive_through_the_binary_with_a_fake_zfs() {
     let mut wire = Vec::new();
     send_hello(&mut wire, Role::Driver).unwrap();
     let request = Request::Receive(ReceiveRequest {
-        root: DatasetName::new("tank/qzb").unwrap(),
-        destination: DatasetName::new("tank/qzb/host/vm").unwrap(),
-        snapshot: SnapshotName::new("tank/qzb/host/vm@s1").unwrap(),
+        root: DatasetName::parse("tank/qzb").unwrap(),
+        destination: DatasetName::parse("tank/qzb/host/vm").unwrap(),
+        snapshot: SnapshotName::parse("tank/qzb/host/vm@s1").unwrap(),
         guid: 4242,
         kind: DatasetKind::Volume,
         mode: ReceiveMode::Full,
@@ -132,7 +132,7 @@ fn full_receive_through_the_binary_with_a_fake_zfs() {
     assert_eq!(
         read_reply(&mut reader, &mut buf).unwrap(),
         Reply::Receive(ReceiveResult::Ok {
-            snapshot: SnapshotName::new("tank/qzb/host/vm@s1").unwrap(),
+            snapshot: SnapshotName::parse("tank/qzb/host/vm@s1").unwrap(),
             guid: 4242,
             bytes: data.len() as u64,
         })

@@ -14,11 +14,11 @@ const ROOT: &str = "bpool/qzb";
 const DEST: &str = "bpool/qzb/host/vm-work/private";
 
 fn ds(s: &str) -> DatasetName {
-    DatasetName::new(s).unwrap()
+    DatasetName::parse(s).unwrap()
 }
 
 fn snap(s: &str) -> SnapshotName {
-    SnapshotName::new(s).unwrap()
+    SnapshotName::parse(s).unwrap()
 }
 
 fn config(test: &str) -> Config {
@@ -700,7 +700,7 @@ fn inventory_lists_datasets_snapshots_tokens_and_free_space() {
     let snaps: Vec<_> = a
         .snapshots
         .iter()
-        .map(|s| (s.name.label(), s.guid))
+        .map(|s| (s.name.label().as_str(), s.guid))
         .collect();
     assert_eq!(snaps, [("s1", 11), ("s2", 12)]);
     assert!(matches!(

@@ -2,11 +2,11 @@
 //! datasets and 100,000 snapshots. Measures the pure core: parsing the recorded-format
 //! `zfs list` text, checking the config and planning, plus the process's peak RSS.
 
-use dom0_driver::names::DatasetName;
 use dom0_driver::system::inventory::{
     parse_zfs_list, Inventory, Pool, Qube, QubesInventory, Volume,
 };
 use dom0_driver::{config, plan};
+use qzb_protocol::names::DatasetName;
 use std::fmt::Write as _;
 use std::time::Instant;
 

@@ -283,11 +283,11 @@ fn frame(args: &[String]) -> Result<(), String> {
 
     send_hello(&mut to_agent, Role::Driver).map_err(|e| perr("hello", e))?;
     expect_hello(&mut from_agent, Role::Receiver).map_err(|e| perr("agent hello", e))?;
-    let name = |s: &str| DatasetName::new(s).map_err(|e| format!("{s}: {e:?}"));
+    let name = |s: &str| DatasetName::parse(s).map_err(|e| format!("{s}: {e:?}"));
     let request = Request::Receive(ReceiveRequest {
         root: name(ROOT)?,
         destination: name(DESTINATION)?,
-        snapshot: SnapshotName::new(SNAPSHOT).map_err(|e| format!("{SNAPSHOT}: {e:?}"))?,
+        snapshot: SnapshotName::parse(SNAPSHOT).map_err(|e| format!("{SNAPSHOT}: {e:?}"))?,
         guid: GUID,
         kind: DatasetKind::Volume,
         mode: ReceiveMode::Full,

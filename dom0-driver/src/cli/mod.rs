@@ -3,7 +3,7 @@
 use crate::commands;
 use crate::error::{exit, exit_codes_help, Error, Result};
 use crate::output::{sanitize, Style};
-use crate::state::Store;
+use crate::state::{BackupName, Store};
 use crate::stream::progress::Mode;
 use crate::stream::qrexec::Qrexec;
 use crate::system::runner::SystemRunner;
@@ -73,12 +73,16 @@ pub enum Command {
     #[command(
         after_help = "Each qube's (or dataset group's) snapshots are taken in one atomic `zfs snapshot` call per pool.\nA volume attached read-write to a running qube is never snapshotted: its qube is deferred.\n\nExample, to snapshot `work` with as little downtime as possible:\n  qvm-shutdown --wait work && qubes-zfs-backup snapshot mybackup1; qvm-start work"
     )]
-    Snapshot { name: String },
+    Snapshot {
+        #[arg(value_parser = BackupName::parse)]
+        name: BackupName,
+    },
     /// Estimate the size of every send (zfs send -n -v -P).
     #[command(after_help = "Example:\n  qubes-zfs-backup calc mybackup1")]
     Calc {
         /// The backup's name (its config's `name`).
-        name: String,
+        #[arg(value_parser = BackupName::parse)]
+        name: BackupName,
         #[arg(long)]
         json: bool,
     },
@@ -87,20 +91,25 @@ pub enum Command {
         after_help = "Interrupt at any time (Ctrl-C, or even kill -9): progress is saved after every target, and an\ninterrupted target resumes where it stopped on the next `send`.\n\nExample:\n  qubes-zfs-backup send mybackup1"
     )]
     Send {
-        name: String,
+        #[arg(value_parser = BackupName::parse)]
+        name: BackupName,
         /// Print JSON events on stdout (one per line: start, progress, done, failed, deferred,
         /// summary) instead of the text, for scripts.
         #[arg(long)]
         json: bool,
     },
     /// Compare every sent target's snapshot guid on the receiver with the source's.
-    Verify { name: String },
+    Verify {
+        #[arg(value_parser = BackupName::parse)]
+        name: BackupName,
+    },
     /// Discard partial receive state (zfs receive -A) of this backup on the receiver.
     #[command(
         after_help = "Example:\n  qubes-zfs-backup abort mybackup1 backuppool/backups/mydesktop/mainpool/qubes/work/private"
     )]
     Abort {
-        name: String,
+        #[arg(value_parser = BackupName::parse)]
+        name: BackupName,
         /// Only this dataset (its receiver-side or dom0-side name).
         dataset: Option<String>,
         /// Do not ask for confirmation.
@@ -109,7 +118,8 @@ pub enum Command {
     },
     /// Show the state of every target of an imported backup.
     Status {
-        name: String,
+        #[arg(value_parser = BackupName::parse)]
+        name: BackupName,
         #[arg(long)]
         json: bool,
     },

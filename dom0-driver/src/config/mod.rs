@@ -9,7 +9,8 @@ pub mod yaml;
 
 use crate::config::diag::Diagnostic;
 use crate::config::yaml::{quote, Node, Pos, Value};
-use crate::names::{DatasetName, QubeName, SnapLabel};
+use crate::state::BackupName;
+use qzb_protocol::names::{DatasetName, QubeName, SnapLabel, MAX_NAME_LEN};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 
@@ -94,8 +95,10 @@ pub struct Group {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
-    pub name: String,
+    pub name: BackupName,
     pub target: SnapLabel,
+    /// Where `scope.target-snapshot` is, for problems found when planning.
+    pub target_pos: Pos,
     pub since: Since,
     pub progressive: bool,
     pub honour_origins: bool,
@@ -104,6 +107,8 @@ pub struct Config {
     pub receiver_qube: QubeName,
     pub receiver_qube_pos: Pos,
     pub receiver_dataset: DatasetName,
+    /// Where `receiver.dataset` is, for problems found when planning.
+    pub receiver_dataset_pos: Pos,
     /// Referenced groups, include then forgo then void, each in list order.
     pub groups: Vec<Group>,
 }
@@ -118,9 +123,6 @@ const RESERVED: [&str; 7] = [
     "forgo-groups",
     "void-groups",
 ];
-
-/// Longest config name: it becomes a file name in the metadata directory.
-const MAX_CONFIG_NAME_LEN: usize = 64;
 
 /// Parses and checks a config. On success returns it with any warnings; otherwise every error.
 pub fn parse(text: &str) -> Result<(Config, Vec<Diagnostic>), Vec<Diagnostic>> {
@@ -151,6 +153,9 @@ struct Checker {
     errors: Vec<Diagnostic>,
     warnings: Vec<Diagnostic>,
 }
+
+/// `scope`: the target label and its position, since, progressive, honour-origins.
+type Scope = ((SnapLabel, Pos), Since, bool, bool);
 
 /// A mapping's entries by key, after duplicate and key-type checks.
 struct Entries<'n> {
@@ -346,12 +351,15 @@ impl Checker {
             }
         }
 
-        let (target, since, progressive, honour_origins) = scope?;
+        let ((target, target_pos), since, progressive, honour_origins) = scope?;
         let (snapshot_creation, patching) = behaviours?;
-        let (receiver_qube, receiver_qube_pos, receiver_dataset) = receiver?;
+        let (receiver_qube, receiver_qube_pos, (receiver_dataset, receiver_dataset_pos)) =
+            receiver?;
+        self.receivable(&target, target_pos, &receiver_dataset, receiver_dataset_pos);
         Some(Config {
             name: name?,
             target,
+            target_pos,
             since,
             progressive,
             honour_origins,
@@ -360,42 +368,45 @@ impl Checker {
             receiver_qube,
             receiver_qube_pos,
             receiver_dataset,
+            receiver_dataset_pos,
             groups: groups?,
         })
     }
 
-    fn config_name(&mut self, node: &Node) -> Option<String> {
+    fn config_name(&mut self, node: &Node) -> Option<BackupName> {
         let s = self.text(node, "name", "the backup's name as text")?;
-        let valid_chars = s
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-        let problem = if s.is_empty() {
-            Some("it is empty".to_owned())
-        } else if s.len() > MAX_CONFIG_NAME_LEN {
-            Some(format!(
-                "it is longer than {MAX_CONFIG_NAME_LEN} characters"
-            ))
-        } else if !valid_chars {
-            Some("use only letters, digits, '_', '-' and '.'".to_owned())
-        } else if s.starts_with(['.', '-']) {
-            Some("it must not start with '.' or '-'".to_owned())
-        } else {
-            None
-        };
-        match problem {
-            Some(p) => {
+        match BackupName::parse(s) {
+            Ok(name) => Some(name),
+            Err(e) => {
                 self.error(
                     "name",
                     node.pos,
-                    format!("{} is not a valid backup name: {p}", quote(s)),
+                    format!("{} is not a valid backup name: {e}", quote(s)),
                 );
                 None
             }
-            None => Some(s.to_owned()),
         }
     }
 
-    fn scope(&mut self, node: &Node) -> Option<(SnapLabel, Since, bool, bool)> {
+    /// Refuses a target label that no snapshot could carry on the receiver, where it is stored as
+    /// `<receiver dataset>/<pool>[/…]@label` (at least one character of source pool). Which
+    /// datasets are too long with it is only known with the inventory: the planner checks that.
+    fn receivable(&mut self, label: &SnapLabel, label_pos: Pos, root: &DatasetName, root_pos: Pos) {
+        let shortest = root.as_str().len() + "/p@".len() + label.as_str().len();
+        if shortest > MAX_NAME_LEN {
+            self.error(
+                "scope.target-snapshot",
+                label_pos,
+                format!(
+                    "the label {label} is {} bytes long: with the receiver dataset {root} (line {}), even a one-letter pool's snapshot would be received as a name of {shortest} bytes, and ZFS allows at most {MAX_NAME_LEN}; use a shorter label",
+                    label.as_str().len(),
+                    root_pos.line
+                ),
+            );
+        }
+    }
+
+    fn scope(&mut self, node: &Node) -> Option<Scope> {
         let keys = ["target-snapshot", "since", "progressive", "honour-origins"];
         let e = self.entries(node, "scope", "'scope' to hold its settings")?;
         self.expect_keys(&e, "scope", &keys);
@@ -431,7 +442,8 @@ impl Checker {
                 self.error("scope.since", n.pos, format!("'since' is the same snapshot as 'target-snapshot' ({t}); a backup must end after it starts (use the previous backup's target snapshot, or 'beginning')"));
             }
         }
-        Some((target?, since?, progressive?, honour?))
+        let target_pos = e.get("target-snapshot").map_or(e.pos, |n| n.pos);
+        Some(((target?, target_pos), since?, progressive?, honour?))
     }
 
     fn behaviours(&mut self, node: &Node) -> Option<(bool, bool)> {
@@ -451,7 +463,7 @@ impl Checker {
         Some((creation?, patching?))
     }
 
-    fn receiver(&mut self, node: &Node) -> Option<(QubeName, Pos, DatasetName)> {
+    fn receiver(&mut self, node: &Node) -> Option<(QubeName, Pos, (DatasetName, Pos))> {
         let keys = ["qube", "dataset"];
         let e = self.entries(node, "receiver", "'receiver' to hold 'qube' and 'dataset'")?;
         self.expect_keys(&e, "receiver", &keys);
@@ -472,7 +484,7 @@ impl Checker {
         let dataset = e.get("dataset").and_then(|n| {
             let s = self.text(n, "receiver.dataset", "a ZFS dataset name")?;
             match DatasetName::parse(s) {
-                Ok(d) => Some(d),
+                Ok(d) => Some((d, n.pos)),
                 Err(e) => {
                     self.error(
                         "receiver.dataset",

@@ -83,7 +83,7 @@ fn with(replace: &str, by: &str) -> String {
 fn seed_example_config_parses_unchanged() {
     let (c, warnings) = parse(SEED_EXAMPLE).unwrap();
     assert!(warnings.is_empty(), "{warnings:?}");
-    assert_eq!(c.name, "mybackup1");
+    assert_eq!(c.name.as_str(), "mybackup1");
     assert_eq!(c.target.as_str(), "backup-2025-04-14");
     assert_eq!(c.since, Since::Beginning);
     assert!(!c.progressive && !c.honour_origins && c.snapshot_creation && !c.patching);

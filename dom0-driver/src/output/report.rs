@@ -11,8 +11,8 @@ pub fn describe_send(t: &Target) -> String {
     match (&t.incremental_source, t.clone_origin, t.progressive) {
         (None, _, _) => "full".into(),
         (Some(src), true, _) => format!("clone of {src}"),
-        (Some(src), false, true) => format!("-I from @{}", src.label.as_str()),
-        (Some(src), false, false) => format!("-i from @{}", src.label.as_str()),
+        (Some(src), false, true) => format!("-I from @{}", src.label().as_str()),
+        (Some(src), false, false) => format!("-i from @{}", src.label().as_str()),
     }
 }
 

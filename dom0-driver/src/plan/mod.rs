@@ -16,8 +16,8 @@ pub mod send_args;
 use crate::config::diag::Diagnostic;
 use crate::config::yaml::Pos;
 use crate::config::{Config, Member, MemberName, Role};
-use crate::names::{cmp_components, DatasetName, SnapLabel, SnapshotName};
 use crate::system::inventory::{DatasetKind, Inventory, Qube};
+use qzb_protocol::names::{cmp_components, DatasetName, SnapLabel, SnapshotName, MAX_NAME_LEN};
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
@@ -112,6 +112,12 @@ impl Plan {
     pub fn is_valid(&self) -> bool {
         self.errors.is_empty()
     }
+}
+
+/// `dataset@label` for a snapshot the inventory lists: ZFS has it, so its name is valid.
+fn existing_snapshot(dataset: &DatasetName, label: &SnapLabel) -> SnapshotName {
+    SnapshotName::new(dataset.clone(), label.clone())
+        .expect("a snapshot listed by ZFS has a name within ZFS's limits")
 }
 
 /// Send order among ready targets: include object, dataset path by component, createtxg, and the
@@ -617,10 +623,21 @@ impl<'a> Planner<'a> {
             .collect();
         included.sort_by(|a, b| cmp_components(a.as_str(), b.as_str()));
 
-        let mut work: VecDeque<SnapshotName> = included
-            .iter()
-            .map(|d| SnapshotName::new((*d).clone(), target_label.clone()))
-            .collect();
+        // A target name ZFS would refuse is reported here, at `check`, not at `snapshot`.
+        let mut name_errors: Vec<(&'static str, Pos, String)> = Vec::new();
+        let mut work: VecDeque<SnapshotName> = VecDeque::new();
+        for d in &included {
+            match SnapshotName::new((*d).clone(), target_label.clone()) {
+                Ok(s) => work.push_back(s),
+                Err(e) => name_errors.push((
+                    "scope.target-snapshot",
+                    cfg.target_pos,
+                    format!(
+                        "the target snapshot of the included dataset {d} cannot be named {d}{target_label}: {e}; use a shorter label"
+                    ),
+                )),
+            }
+        }
         let creatable: HashSet<SnapshotName> = work.iter().cloned().collect();
         // Insertion-ordered map of planned snapshot → incremental source.
         let mut planned: Vec<(SnapshotName, Option<SnapshotName>, Reason)> = Vec::new();
@@ -651,9 +668,9 @@ impl<'a> Planner<'a> {
             if !processed.insert(key.clone()) {
                 continue;
             }
-            let ds = key.dataset.as_str();
+            let ds = key.dataset().as_str();
             let snaps = zfs.snapshots_of(ds);
-            let prefix: &[_] = match snaps.iter().position(|s| s.label == key.label) {
+            let prefix: &[_] = match snaps.iter().position(|s| &s.label == key.label()) {
                 Some(i) => &snaps[..=i],
                 None => snaps,
             };
@@ -665,7 +682,7 @@ impl<'a> Planner<'a> {
             let mut source = None;
             if let Some(s) = since {
                 if prefix.iter().any(|x| &x.label == s) {
-                    source = Some(SnapshotName::new(key.dataset.clone(), s.clone()));
+                    source = Some(existing_snapshot(key.dataset(), s));
                 }
             }
             if source.is_none() && cfg.honour_origins {
@@ -677,7 +694,7 @@ impl<'a> Planner<'a> {
                     }
                 }
             }
-            let source_label_is_since = source.as_ref().is_some_and(|s| Some(&s.label) == since);
+            let source_label_is_since = source.as_ref().is_some_and(|s| Some(s.label()) == since);
             put(&mut planned, key.clone(), source.clone(), reason);
             if source.is_none() {
                 if since.is_some() {
@@ -685,7 +702,7 @@ impl<'a> Planner<'a> {
                 }
                 if cfg.progressive {
                     if let Some(first) = prefix.first() {
-                        let primer = SnapshotName::new(key.dataset.clone(), first.label.clone());
+                        let primer = existing_snapshot(key.dataset(), &first.label);
                         if primer != key {
                             put(&mut planned, primer.clone(), None, Reason::Primer);
                             processed.insert(primer);
@@ -705,7 +722,7 @@ impl<'a> Planner<'a> {
         let mut by_dataset: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for (i, (k, _, _)) in planned.iter().enumerate() {
             by_dataset
-                .entry(k.dataset.as_str().to_owned())
+                .entry(k.dataset().as_str().to_owned())
                 .or_default()
                 .push(i);
         }
@@ -716,7 +733,7 @@ impl<'a> Planner<'a> {
                     .position(|s| &s.label == label)
                     .unwrap_or(usize::MAX)
             };
-            idxs.sort_by_key(|&i| order(&planned[i].0.label));
+            idxs.sort_by_key(|&i| order(planned[i].0.label()));
             for w in idxs.windows(2) {
                 let earlier = planned[w[0]].0.clone();
                 planned[w[1]].1 = Some(earlier);
@@ -740,6 +757,48 @@ impl<'a> Planner<'a> {
             self.warn("scope.honour-origins", None, w);
         }
 
+        // Every planned snapshot must also have a valid name on the receiver.
+        let root = &cfg.receiver_dataset;
+        let too_long: Vec<&SnapshotName> = planned
+            .iter()
+            .map(|(snap, _, _)| snap)
+            .filter(|snap| {
+                snap.dataset()
+                    .under(root)
+                    .and_then(|d| SnapshotName::new(d, snap.label().clone()))
+                    .is_err()
+            })
+            .collect();
+        const SHOWN: usize = 5;
+        for snap in too_long.iter().take(SHOWN) {
+            let len = root.as_str().len() + 1 + snap.as_str().len();
+            name_errors.push((
+                "receiver.dataset",
+                cfg.receiver_dataset_pos,
+                format!(
+                    "{snap} would be received as {root}/{snap}, which is {len} bytes long; ZFS allows at most {MAX_NAME_LEN}: use a shorter receiver dataset or target label"
+                ),
+            ));
+        }
+        if too_long.len() > SHOWN {
+            name_errors.push((
+                "receiver.dataset",
+                cfg.receiver_dataset_pos,
+                format!(
+                    "and {} more snapshot(s) whose names on the receiver would be too long",
+                    too_long.len() - SHOWN
+                ),
+            ));
+        }
+        if !name_errors.is_empty() {
+            for (path, pos, msg) in name_errors {
+                self.plan
+                    .errors
+                    .push(Diagnostic::error(path, Some(pos), msg));
+            }
+            return;
+        }
+
         self.order_targets(planned);
     }
 
@@ -752,14 +811,14 @@ impl<'a> Planner<'a> {
         rules: &ExclusionRules,
     ) -> Result<(), Option<String>> {
         let since = self.config.since.label();
-        let od = origin.dataset.as_str();
-        if Some(&origin.label) == since {
+        let od = origin.dataset().as_str();
+        if Some(origin.label()) == since {
             return Ok(()); // assumed to be on the receiver from the previous backup
         }
         if roles.get(od).is_none_or(|r| r.role == Role::Void) {
             return Err(None);
         }
-        if let Some(reason) = rules.reason(&origin.dataset) {
+        if let Some(reason) = rules.reason(origin.dataset()) {
             return Err(Some(format!(
                 "its origin {origin} is a {reason}, which is never backed up; it will be sent in full"
             )));
@@ -769,7 +828,7 @@ impl<'a> Planner<'a> {
             let since_txg = snaps.iter().find(|x| &x.label == s).map(|x| x.createtxg);
             let origin_txg = snaps
                 .iter()
-                .find(|x| x.label == origin.label)
+                .find(|x| &x.label == origin.label())
                 .map(|x| x.createtxg);
             if let (Some(st), Some(ot)) = (since_txg, origin_txg) {
                 if ot < st {
@@ -803,16 +862,18 @@ impl<'a> Planner<'a> {
         let mut keys = Vec::with_capacity(planned.len());
         let mut pos_of: HashMap<SnapshotName, usize> = HashMap::new();
         for (i, (snap, source, reason)) in planned.into_iter().enumerate() {
-            let ds = snap.dataset.as_str();
+            let ds = snap.dataset().as_str();
             let existing = zfs.snapshot(&snap);
             let obj = first_include_object(ds);
             // Snapshots no include object owns (a forgone origin) go after everything else that
             // is ready, which in practice is just before the clone that needs them.
             let sort_obj = obj.unwrap_or(objects.len() + 1);
             let txg = existing.map(|s| s.createtxg).unwrap_or(max_txg + 1);
-            keys.push((sort_obj, snap.dataset.clone(), txg));
+            keys.push((sort_obj, snap.dataset().clone(), txg));
             pos_of.insert(snap.clone(), i);
-            let clone_origin = source.as_ref().is_some_and(|s| s.dataset != snap.dataset);
+            let clone_origin = source
+                .as_ref()
+                .is_some_and(|s| s.dataset() != snap.dataset());
             targets.push(Target {
                 kind: zfs
                     .dataset(ds)
@@ -834,7 +895,7 @@ impl<'a> Planner<'a> {
         let mut first_of_dataset: HashMap<&str, usize> = HashMap::new();
         for (i, t) in targets.iter().enumerate() {
             let e = first_of_dataset
-                .entry(t.snapshot.dataset.as_str())
+                .entry(t.snapshot.dataset().as_str())
                 .or_insert(i);
             if keys[i].2 < keys[*e].2 {
                 *e = i;
@@ -847,7 +908,7 @@ impl<'a> Planner<'a> {
             }
             if let Some(&j) = t
                 .snapshot
-                .dataset
+                .dataset()
                 .ancestors()
                 .find_map(|a| first_of_dataset.get(a))
             {
@@ -920,3 +981,6 @@ impl<'a> Planner<'a> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod names_agree;

@@ -1,8 +1,8 @@
 //! The `zfs send` argv of a target. The estimate (`stream::estimate`) runs this same argv as a
 //! dry run, so both always describe the same stream.
 
-use crate::names::SnapshotName;
 use crate::plan::Target;
+use qzb_protocol::names::SnapshotName;
 
 /// Arguments of `zfs send` for a target (without the `zfs` itself). Used for the estimate and the
 /// real send, so both always agree.

@@ -224,10 +224,10 @@ fn add_snapshot(zfs: &mut ZfsInventory, txg: u64, name: &str) {
     let s = SnapshotName::parse(name).unwrap();
     let list = zfs
         .snapshots
-        .entry(s.dataset.as_str().to_owned())
+        .entry(s.dataset().as_str().to_owned())
         .or_default();
     list.push(Snapshot {
-        label: s.label,
+        label: s.label().clone(),
         createtxg: txg,
         guid: 5000 + txg,
     });
@@ -866,4 +866,83 @@ fn send_order_puts_every_dependency_first() {
             }
         }
     }
+}
+
+#[test]
+fn a_dom0_dataset_too_long_for_its_target_snapshot_is_refused_at_the_target_label() {
+    let mut inv = reference_inventory();
+    // 253 bytes: valid as a dataset, but `…@b2` would be 256.
+    let long = format!(
+        "mainpool/shared/{}",
+        "l".repeat(253 - "mainpool/shared/".len())
+    );
+    inv.zfs.datasets.insert(
+        long.clone(),
+        Dataset {
+            name: DatasetName::parse(&long).unwrap(),
+            kind: DatasetKind::Filesystem,
+            origin: None,
+            createtxg: 900,
+            guid: 9000,
+        },
+    );
+    let p = run_on(
+        &Scenario {
+            include: vec![("datasets", vec!["mainpool/shared"])],
+            ..Default::default()
+        },
+        &inv,
+    );
+    let e = p
+        .errors
+        .iter()
+        .find(|e| e.path == "scope.target-snapshot")
+        .unwrap_or_else(|| panic!("{:#?}", p.errors));
+    assert_eq!(e.line, Some(3));
+    assert!(
+        e.message.contains(&format!(
+            "the target snapshot of the included dataset {long} cannot be named {long}@b2: with its dataset the full name would be 256 bytes long; ZFS allows at most 255"
+        )),
+        "{}",
+        e.message
+    );
+    assert!(p.targets.is_empty());
+}
+
+#[test]
+fn a_target_too_long_on_the_receiver_is_refused_at_the_receiver_dataset() {
+    let mut inv = reference_inventory();
+    // Fits on dom0 (230 + 3 bytes), not under backuppool/backups/mydesktop (+ 29 bytes).
+    let long = format!(
+        "mainpool/shared/{}",
+        "l".repeat(230 - "mainpool/shared/".len())
+    );
+    inv.zfs.datasets.insert(
+        long.clone(),
+        Dataset {
+            name: DatasetName::parse(&long).unwrap(),
+            kind: DatasetKind::Filesystem,
+            origin: None,
+            createtxg: 900,
+            guid: 9000,
+        },
+    );
+    let p = run_on(
+        &Scenario {
+            include: vec![("datasets", vec!["mainpool/shared"])],
+            ..Default::default()
+        },
+        &inv,
+    );
+    assert_eq!(p.errors.len(), 1, "{:#?}", p.errors);
+    let e = &p.errors[0];
+    assert_eq!(e.path, "receiver.dataset");
+    assert_eq!(e.line, Some(12));
+    assert!(
+        e.message.contains(&format!(
+            "{long}@b2 would be received as backuppool/backups/mydesktop/{long}@b2, which is 262 bytes long; ZFS allows at most 255"
+        )),
+        "{}",
+        e.message
+    );
 }

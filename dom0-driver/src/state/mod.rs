@@ -5,6 +5,10 @@
 //! text is kept and re-checked on load, so the state never disagrees with the rules of the binary
 //! reading it.
 
+pub mod name;
+
+pub use name::BackupName;
+
 use crate::config::{self, Config};
 use crate::error::{Error, Result};
 use crate::plan::Target;
@@ -57,7 +61,7 @@ pub struct TargetState {
 pub struct BackupState {
     pub format: String,
     pub version: u32,
-    pub name: String,
+    pub name: BackupName,
     pub imported_at: String,
     pub config_path: String,
     pub raw_config: String,
@@ -124,7 +128,7 @@ impl Store {
     }
 
     pub fn exists(&self, name: &str) -> bool {
-        self.path(name).exists()
+        BackupName::parse(name).is_ok() && self.path(name).exists()
     }
 
     /// Creates the directory (mode 0700) if it is missing.
@@ -145,12 +149,8 @@ impl Store {
     }
 
     pub fn load(&self, name: &str) -> Result<BackupState> {
-        if !valid_name(name) {
-            return Err(Error::Refused(format!(
-                "'{name}' is not a valid backup name"
-            )));
-        }
-        let path = self.path(name);
+        let name = checked_name(name)?;
+        let path = self.path(&name);
         let file = File::open(&path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 Error::Refused(format!(
@@ -241,7 +241,7 @@ impl Store {
                     .and_then(|n| n.strip_suffix(".json"))
                     .map(str::to_owned)
             })
-            .filter(|n| valid_name(n))
+            .filter(|n| BackupName::parse(n).is_ok())
             .collect();
         names.sort();
         names.iter().map(|n| self.load(n)).collect()
@@ -249,6 +249,7 @@ impl Store {
 
     /// Takes the backup's lock for the life of the returned guard; a second holder is refused.
     pub fn lock(&self, name: &str) -> Result<StateLock> {
+        let name = checked_name(name)?;
         self.ensure_dir()?;
         let path = self.dir.join(format!("{name}.lock"));
         let file = OpenOptions::new()
@@ -274,14 +275,11 @@ pub struct StateLock {
     _file: File,
 }
 
-/// Same rule as the config's `name`.
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && !name.starts_with(['.', '-'])
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+/// A backup name checked before it becomes a path (the command line checks it first; this keeps
+/// every other caller from touching a file outside the metadata directory).
+fn checked_name(name: &str) -> Result<BackupName> {
+    BackupName::parse(name)
+        .map_err(|e| Error::Refused(format!("'{name}' is not a valid backup name: {e}")))
 }
 
 /// Now, as `YYYY-MM-DDTHH:MM:SSZ`.
@@ -339,7 +337,7 @@ mod tests {
         store.save(&s).unwrap();
         let back = store.load("mybackup1").unwrap();
         assert_eq!(back.raw_config, s.raw_config);
-        assert_eq!(back.config().unwrap().name, "mybackup1");
+        assert_eq!(back.config().unwrap().name.as_str(), "mybackup1");
         let leftovers: Vec<_> = fs::read_dir(&dir)
             .unwrap()
             .filter_map(|e| e.ok())

@@ -1,12 +1,12 @@
 //! `abort`: discards partial receive state (`zfs receive -A`) on the receiver.
 
 use crate::error::{Error, Result};
-use crate::names::DatasetName;
 use crate::output::outside;
 use crate::state::{BackupState, SendState, Store};
 use crate::stream::qrexec::Connect;
-use crate::stream::receiver::{inventory, on_receiver, proto_ds, reply_name};
+use crate::stream::receiver::{inventory, on_receiver, reply_name};
 use qzb_protocol as proto;
+use qzb_protocol::names::DatasetName;
 use std::io::{IsTerminal, Write};
 
 /// `abort`: discards partial receive state (`zfs receive -A`) of this backup's destinations.
@@ -23,13 +23,13 @@ pub fn abort(
     let rx = inventory(&mut session, &root)?;
     let mut dests: Vec<DatasetName> = Vec::new();
     for t in &state.targets {
-        let d = on_receiver(&root, &t.target.snapshot)?.dataset;
+        let d = on_receiver(&root, &t.target.snapshot)?.dataset().clone();
         let has_token = rx
             .dataset(d.as_str())
             .and_then(|x| x.receive_resume_token.as_ref())
             .is_some();
         let wanted =
-            only.is_none_or(|o| o == d.as_str() || o == t.target.snapshot.dataset.as_str());
+            only.is_none_or(|o| o == d.as_str() || o == t.target.snapshot.dataset().as_str());
         if has_token && wanted && !dests.contains(&d) {
             dests.push(d);
         }
@@ -73,8 +73,8 @@ pub fn abort(
     }
     for d in &dests {
         let req = proto::Request::Abort(proto::AbortRequest {
-            root: proto_ds(&root)?,
-            dataset: proto_ds(d)?,
+            root: root.clone(),
+            dataset: d.clone(),
         });
         match session.request(&req)? {
             proto::Reply::Aborted { dataset } if dataset.as_str() == d.as_str() => {
@@ -95,7 +95,7 @@ pub fn abort(
         }
         for t in &mut state.targets {
             if t.send_state == SendState::Partial
-                && t.target.snapshot.dataset.under(&root).ok().as_ref() == Some(d)
+                && t.target.snapshot.dataset().under(&root).ok().as_ref() == Some(d)
             {
                 t.send_state = SendState::Pending;
             }

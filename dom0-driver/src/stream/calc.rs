@@ -1,11 +1,11 @@
 //! What `calc` asks the receiver: free space, incremental bases, existing and partial targets.
 
 use crate::error::Result;
-use crate::names::SnapshotName;
 use crate::state::{BackupState, SendState};
 use crate::stream::qrexec::Connect;
 use crate::stream::receiver::{inventory, on_receiver};
 use crate::system::inventory::Inventory;
+use qzb_protocol::names::SnapshotName;
 
 /// What `calc` learned from the receiver.
 pub struct ReceiverReport {
@@ -53,7 +53,7 @@ pub fn receiver_checks(
                 ));
             }
         } else if rx
-            .dataset(dest.dataset.as_str())
+            .dataset(dest.dataset().as_str())
             .and_then(|d| d.receive_resume_token.as_ref())
             .is_some()
         {

@@ -6,13 +6,13 @@
 //! never touched.
 
 use crate::error::{Error, Result};
-use crate::names::{DatasetName, SnapshotName};
 use crate::output::outside;
 use crate::plan::Target;
 use crate::state::{SendState, TargetState};
 use crate::stream::client::Client;
 use crate::system::inventory::ZfsInventory;
 use qzb_protocol as proto;
+use qzb_protocol::names::{DatasetName, SnapshotName};
 use std::collections::HashMap;
 
 /// What the receiver holds under its root, indexed for lookups.
@@ -45,9 +45,9 @@ impl ReceiverView {
         guid: u64,
         kind: proto::DatasetKind,
     ) -> Result<()> {
-        let ds = proto_ds(&snapshot.dataset)?;
+        let ds = snapshot.dataset().clone();
         let info = proto::SnapshotInfo {
-            name: proto_snap(snapshot)?,
+            name: snapshot.clone(),
             guid,
             createtxg: 0,
         };
@@ -68,10 +68,10 @@ impl ReceiverView {
 
     /// The guid of `snapshot` on the receiver, if it is there.
     pub fn snapshot_guid(&self, snapshot: &SnapshotName) -> Option<u64> {
-        self.dataset(snapshot.dataset.as_str()).and_then(|d| {
+        self.dataset(snapshot.dataset().as_str()).and_then(|d| {
             d.snapshots
                 .iter()
-                .find(|s| s.name.label() == snapshot.label.as_str())
+                .find(|s| s.name.label() == snapshot.label())
                 .map(|s| s.guid)
         })
     }
@@ -80,27 +80,16 @@ impl ReceiverView {
 /// A source snapshot's place on the receiver: `<root>/<dataset>@label`.
 pub fn on_receiver(root: &DatasetName, snap: &SnapshotName) -> Result<SnapshotName> {
     let ds = snap
-        .dataset
+        .dataset()
         .under(root)
         .map_err(|e| Error::Refused(format!("{snap} cannot be placed under {root}: {e}")))?;
-    Ok(SnapshotName::new(ds, snap.label.clone()))
-}
-
-pub(crate) fn proto_ds(d: &DatasetName) -> Result<proto::DatasetName> {
-    proto::DatasetName::new(d.as_str()).map_err(|e| Error::Refused(format!("{d}: {e}")))
-}
-
-pub(crate) fn proto_snap(s: &SnapshotName) -> Result<proto::SnapshotName> {
-    proto_ds(&s.dataset)?
-        .snapshot(s.label.as_str())
-        .map_err(|e| Error::Refused(format!("{s}: {e}")))
+    SnapshotName::new(ds, snap.label().clone())
+        .map_err(|e| Error::Refused(format!("{snap} cannot be placed under {root}: {e}")))
 }
 
 /// Asks the agent what is under the receiver root.
 pub fn inventory(session: &mut Client, root: &DatasetName) -> Result<ReceiverView> {
-    let req = proto::Request::Inventory(proto::InventoryRequest {
-        root: proto_ds(root)?,
-    });
+    let req = proto::Request::Inventory(proto::InventoryRequest { root: root.clone() });
     match session.request(&req)? {
         proto::Reply::Inventory(inv) if inv.root.as_str() == root.as_str() => {
             Ok(ReceiverView::from_reply(inv))
@@ -164,7 +153,7 @@ pub fn decide(
         ))
     })?;
     let dest = on_receiver(root, &target.snapshot)?;
-    let dest_ds = rx.dataset(dest.dataset.as_str());
+    let dest_ds = rx.dataset(dest.dataset().as_str());
     if let Some(have) = rx.snapshot_guid(&dest) {
         if have != guid {
             return Err(Error::Refused(format!(
@@ -216,7 +205,7 @@ pub fn decide(
                 }
             }
             proto::ReceiveMode::Incremental {
-                from: proto_snap(&on_rx)?,
+                from: on_rx.clone(),
                 from_guid: src_guid,
             }
         }
@@ -232,7 +221,7 @@ pub fn decide(
 /// The receiver-side origin of a clone target.
 fn clone_origin(target: &Target, root: &DatasetName) -> Result<Option<proto::SnapshotName>> {
     match (&target.incremental_source, target.clone_origin) {
-        (Some(src), true) => Ok(Some(proto_snap(&on_receiver(root, src)?)?)),
+        (Some(src), true) => Ok(Some(on_receiver(root, src)?)),
         _ => Ok(None),
     }
 }
@@ -249,16 +238,19 @@ fn continue_cut_package(
     let Some(last) = dest_ds.and_then(|d| d.snapshots.last()) else {
         return Ok(None);
     };
-    let ds = &target.snapshot.dataset;
+    let ds = target.snapshot.dataset();
     let snaps = source.snapshots_of(ds.as_str());
     let Some(pos) = snaps.iter().position(|s| s.guid == last.guid) else {
         return Ok(None);
     };
-    let target_pos = snaps.iter().position(|s| s.label == target.snapshot.label);
+    let target_pos = snaps
+        .iter()
+        .position(|s| &s.label == target.snapshot.label());
     if target_pos.is_none_or(|t| pos >= t) {
         return Ok(None);
     }
-    let common = SnapshotName::new(ds.clone(), snaps[pos].label.clone());
+    let common = SnapshotName::new(ds.clone(), snaps[pos].label.clone())
+        .map_err(|e| Error::Refused(format!("{ds}{}: {e}", snaps[pos].label)))?;
     // The receiver ends at the planned source itself: that is the planned stream, not a
     // continuation (the normal path sends it, and checks the source's guid).
     if target.incremental_source.as_ref() == Some(&common) {
@@ -266,8 +258,8 @@ fn continue_cut_package(
     }
     // Only where the plan's own source is not newer than what the receiver has.
     if let Some(planned) = &target.incremental_source {
-        if planned.dataset == *ds {
-            let planned_pos = snaps.iter().position(|s| s.label == planned.label);
+        if planned.dataset() == ds {
+            let planned_pos = snaps.iter().position(|s| &s.label == planned.label());
             if planned_pos.is_some_and(|p| p > pos) {
                 return Ok(None);
             }
@@ -276,7 +268,7 @@ fn continue_cut_package(
     let on_rx = on_receiver(root, &common)?;
     Ok(Some(Step::Send {
         mode: proto::ReceiveMode::Incremental {
-            from: proto_snap(&on_rx)?,
+            from: on_rx.clone(),
             from_guid: snaps[pos].guid,
         },
         args: crate::plan::send_args::send_args_from(
@@ -287,7 +279,7 @@ fn continue_cut_package(
         origin: None,
         note: Some(format!(
             "continuing from @{}, which the receiver already has",
-            common.label.as_str()
+            common.label().as_str()
         )),
     }))
 }

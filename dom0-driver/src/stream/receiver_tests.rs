@@ -1,9 +1,9 @@
 //! Unit tests of the receiver decisions (`decide`): plan versus what the receiver holds.
 use super::*;
-use crate::names::SnapLabel;
 use crate::plan::Reason;
 use crate::state::SnapshotState;
 use crate::system::inventory::{DatasetKind, Snapshot};
+use qzb_protocol::names::SnapLabel;
 
 const ROOT: &str = "bpool/b";
 
@@ -52,16 +52,16 @@ fn target(snap: &str, from: Option<&str>, state: SendState) -> TargetState {
 
 /// A receiver holding bpool/b/pool/vm with the given snapshots and token.
 fn receiver(snaps: &[(&str, u64)], token: Option<String>) -> ReceiverView {
-    let name = proto::DatasetName::new("bpool/b/pool/vm").unwrap();
+    let name = proto::DatasetName::parse("bpool/b/pool/vm").unwrap();
     ReceiverView::from_reply(proto::InventoryReply {
-        root: proto::DatasetName::new(ROOT).unwrap(),
+        root: proto::DatasetName::parse(ROOT).unwrap(),
         available: 1 << 40,
         datasets: vec![proto::DatasetInfo {
             snapshots: snaps
                 .iter()
                 .enumerate()
                 .map(|(i, (l, g))| proto::SnapshotInfo {
-                    name: name.snapshot(l).unwrap(),
+                    name: proto::SnapshotName::parse(&format!("{name}@{l}")).unwrap(),
                     guid: *g,
                     createtxg: i as u64,
                 })
@@ -76,7 +76,7 @@ fn receiver(snaps: &[(&str, u64)], token: Option<String>) -> ReceiverView {
 
 fn empty_receiver() -> ReceiverView {
     ReceiverView::from_reply(proto::InventoryReply {
-        root: proto::DatasetName::new(ROOT).unwrap(),
+        root: proto::DatasetName::parse(ROOT).unwrap(),
         available: 1,
         datasets: vec![],
     })
@@ -92,7 +92,7 @@ fn token(toname: &str, toguid: u64, fromguid: Option<u64>) -> String {
         offset: 4096,
         bytes: 8192,
         toguid,
-        toname: proto::SnapshotName::new(toname).unwrap(),
+        toname: proto::SnapshotName::parse(toname).unwrap(),
         fromguid,
         largeblockok: true,
         embedok: true,

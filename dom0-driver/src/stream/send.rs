@@ -13,9 +13,7 @@ use crate::stream::client::Client;
 use crate::stream::estimate::stream_size;
 use crate::stream::progress::{Mode, Run, Target as ProgressTarget};
 use crate::stream::qrexec::Connect;
-use crate::stream::receiver::{
-    decide, inventory, on_receiver, proto_ds, proto_snap, reply_name, ReceiverView, Step,
-};
+use crate::stream::receiver::{decide, inventory, on_receiver, reply_name, ReceiverView, Step};
 use crate::system::inventory::{DatasetKind, Inventory};
 use crate::system::runner::{Exit, Runner};
 use qzb_protocol as proto;
@@ -407,9 +405,9 @@ pub fn send(
                     _ => t.size_estimate,
                 };
                 let request = proto::ReceiveRequest {
-                    root: proto_ds(&root)?,
-                    destination: proto_ds(&dest.dataset)?,
-                    snapshot: proto_snap(&dest)?,
+                    root: root.clone(),
+                    destination: dest.dataset().clone(),
+                    snapshot: dest.clone(),
                     guid,
                     kind: match t.target.kind {
                         DatasetKind::Filesystem => proto::DatasetKind::Filesystem,

@@ -3,8 +3,8 @@
 //! It yields plain data. The parsers are pure functions of the tools' real output formats, so
 //! tests feed recorded output; the tools themselves run through [`Runner`].
 
-use crate::names::{DatasetName, SnapLabel, SnapshotName};
 use crate::system::runner::{command_line, Runner, ToolError};
+use qzb_protocol::names::{DatasetName, SnapLabel, SnapshotName};
 use std::collections::{BTreeMap, HashMap};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -61,9 +61,9 @@ impl ZfsInventory {
     }
 
     pub fn snapshot(&self, name: &SnapshotName) -> Option<&Snapshot> {
-        self.snapshots_of(name.dataset.as_str())
+        self.snapshots_of(name.dataset().as_str())
             .iter()
-            .find(|s| s.label == name.label)
+            .find(|s| &s.label == name.label())
     }
 
     pub fn snapshot_count(&self) -> usize {
@@ -195,9 +195,9 @@ pub fn parse_zfs_list(text: &str) -> Result<ZfsInventory, String> {
                 let snap = SnapshotName::parse(name)
                     .map_err(|e| at(&format!("bad snapshot name ({e})")))?;
                 snaps.push((
-                    snap.dataset.as_str().to_owned(),
+                    snap.dataset().as_str().to_owned(),
                     Snapshot {
-                        label: snap.label,
+                        label: snap.label().clone(),
                         createtxg,
                         guid,
                     },

@@ -288,7 +288,7 @@ fn hostile(
                         offset: 4096,
                         bytes: 8192,
                         toguid: 1,
-                        toname: proto::SnapshotName::new("mainpool/secret@b1").unwrap(),
+                        toname: proto::SnapshotName::parse("mainpool/secret@b1").unwrap(),
                         fromguid: None,
                         largeblockok: true,
                         embedok: true,
@@ -298,7 +298,7 @@ fn hostile(
                         book_redact_snaps: None,
                     });
                     datasets.push(proto::DatasetInfo {
-                        name: proto::DatasetName::new(DEST).unwrap(),
+                        name: proto::DatasetName::parse(DEST).unwrap(),
                         kind: proto::DatasetKind::Filesystem,
                         guid: 7,
                         receive_resume_token: Some(token),

@@ -213,10 +213,11 @@ impl Agent {
             }],
         };
         let dataset = |name: &str, token: Option<String>| -> io::Result<proto::DatasetInfo> {
-            let name = proto::DatasetName::new(name).map_err(io::Error::other)?;
+            let name = proto::DatasetName::parse(name).map_err(io::Error::other)?;
             Ok(proto::DatasetInfo {
                 snapshots: vec![proto::SnapshotInfo {
-                    name: name.snapshot("b1").map_err(io::Error::other)?,
+                    name: proto::SnapshotName::parse(&format!("{name}@b1"))
+                        .map_err(io::Error::other)?,
                     guid: 12345,
                     createtxg: 20,
                 }],
@@ -306,7 +307,7 @@ impl Agent {
                 )
             }
             "inventory-root" => {
-                inv.root = proto::DatasetName::new(self.arg_text()).map_err(io::Error::other)?;
+                inv.root = proto::DatasetName::parse(&self.arg_text()).map_err(io::Error::other)?;
                 inv.datasets[0].name = inv.root.clone();
                 write_reply(w, &proto::Reply::Inventory(inv))
             }
@@ -317,7 +318,7 @@ impl Agent {
             "inventory-bad-name" => {
                 let stand_in = placeholder(self.arg.len());
                 inv.datasets.push(proto::DatasetInfo {
-                    name: proto::DatasetName::new(stand_in.as_str()).map_err(io::Error::other)?,
+                    name: proto::DatasetName::parse(stand_in.as_str()).map_err(io::Error::other)?,
                     kind: proto::DatasetKind::Filesystem,
                     guid: 9,
                     receive_resume_token: None,
@@ -433,7 +434,7 @@ impl Agent {
             ("ok-other-snapshot", Stream::Complete { bytes }) => {
                 let stand_in = format!("{}@{}", placeholder(self.arg.len() - 3), "b1");
                 let snapshot =
-                    proto::SnapshotName::new(stand_in.as_str()).map_err(io::Error::other)?;
+                    proto::SnapshotName::parse(stand_in.as_str()).map_err(io::Error::other)?;
                 let mut payload = proto::encode_reply(&ok(snapshot, req.guid, bytes))
                     .map_err(io::Error::other)?;
                 substitute(&mut payload, stand_in.as_bytes(), &self.arg);
