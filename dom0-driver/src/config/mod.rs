@@ -5,6 +5,7 @@
 //! words the seed's own example uses (`yes`/`no`).
 
 pub mod diag;
+pub mod file;
 pub mod yaml;
 
 use crate::config::diag::Diagnostic;

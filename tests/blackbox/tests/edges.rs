@@ -1,0 +1,99 @@
+//! The edges a real admin hits (issue 12): configs that are not regular files, are huge, are
+//! YAML bombs or have thousands of errors; state files that are corrupt.
+//!
+//! Commands that could hang or eat all memory before the fixes run under `timeout` and a
+//! `ulimit -v`, both far above what a correct run needs: they only turn a hang or an
+//! out-of-memory kill into a failed assertion instead of a stuck test run.
+
+use qzb_blackbox_tests::{bin, workspace, FakeSystem, Run};
+use std::process::Command;
+
+fn demo() -> FakeSystem {
+    FakeSystem::new("demo-system")
+}
+
+fn seed_config() -> String {
+    std::fs::read_to_string(workspace().join("tests/fixtures/demo-system/backup1.yaml"))
+        .expect("demo config")
+}
+
+/// The driver under a 2 GiB address-space limit and a 120 s hang guard.
+fn guarded(sys: &FakeSystem, args: &[&str]) -> Run {
+    let mut c = sys.command("sh");
+    c.arg("-c")
+        .arg("ulimit -v 2097152 && exec timeout --kill-after=5 120 \"$0\" \"$@\"")
+        .arg(bin("qubes-zfs-backup"))
+        .arg("--metadata-dir")
+        .arg(&sys.meta)
+        .args(args);
+    Run::from(c.output().expect("run the driver under sh"))
+}
+
+fn assert_config_refused(run: &Run, path: &str, what: &str) {
+    run.expect(1);
+    assert!(
+        run.stderr
+            .contains(&format!("cannot read config file {path}: it is {what}")),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_character_device_as_the_config_is_refused_by_its_type() {
+    let sys = demo();
+    for cmd in ["check", "import"] {
+        let run = guarded(&sys, &[cmd, "/dev/zero"]);
+        assert_config_refused(&run, "/dev/zero", "a character device");
+    }
+}
+
+#[test]
+fn a_fifo_as_the_config_is_refused_without_waiting_for_a_writer() {
+    let sys = demo();
+    let fifo = sys.dir.join("pipe.yaml");
+    let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(made.success());
+    let path = fifo.display().to_string();
+    let run = guarded(&sys, &["check", &path]);
+    assert_config_refused(&run, &path, "a FIFO (named pipe)");
+}
+
+#[test]
+fn a_directory_as_the_config_is_refused_by_its_type() {
+    let sys = demo();
+    let path = sys.dir.display().to_string();
+    let run = sys.driver(&["check", &path]);
+    assert_config_refused(&run, &path, "a directory");
+}
+
+#[test]
+fn a_config_over_one_mib_is_refused_with_its_size_and_the_cap() {
+    let sys = demo();
+    // A valid config padded with a comment to 2 MiB: refused by size, not by content.
+    let text = format!("{}#{}\n", seed_config(), "x".repeat(2 << 20));
+    let file = sys.write("big.yaml", &text);
+    let run = sys.driver(&["check", &file]);
+    assert_config_refused(
+        &run,
+        &file,
+        &format!(
+            "{} bytes, larger than the 1 MiB (1048576 bytes) a config may be",
+            text.len()
+        ),
+    );
+    // Just under the cap is fine: the cap is on size, not on a valid config.
+    let pad = (1 << 20) - seed_config().len() - 3;
+    let file = sys.write(
+        "ok.yaml",
+        &format!("{}#{}\n", seed_config(), "x".repeat(pad)),
+    );
+    sys.driver(&["check", &file]).expect(0);
+}
+
+#[test]
+fn missing_config_still_exits_4() {
+    let sys = demo();
+    let run = sys.driver(&["check", "/nonexistent/b.yaml"]);
+    run.expect(4);
+}
