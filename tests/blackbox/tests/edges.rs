@@ -97,3 +97,31 @@ fn missing_config_still_exits_4() {
     let run = sys.driver(&["check", "/nonexistent/b.yaml"]);
     run.expect(4);
 }
+
+#[test]
+fn a_yaml_alias_bomb_fails_fast_at_the_alias() {
+    let sys = demo();
+    // 1.2 KB; fully expanded it would be 9^11 copies of "lol".
+    let mut text = String::from("a0: &a0 [\"lol\"]\n");
+    for i in 1..12 {
+        let refs = vec![format!("*a{}", i - 1); 9].join(", ");
+        text.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
+    }
+    assert!(text.len() < 1300, "{}", text.len());
+    let file = sys.write("bomb.yaml", &text);
+    for args in [vec!["check", &file], vec!["check", "--json", &file]] {
+        let run = guarded(&sys, &args);
+        run.expect(1);
+        assert!(
+            run.stderr.contains(&format!("{file}:6:")),
+            "the error is at the alias that crosses the cap: {}",
+            run.stderr
+        );
+        assert!(
+            run.stderr
+                .contains("would expand to more than 100000 nodes"),
+            "{}",
+            run.stderr
+        );
+    }
+}
