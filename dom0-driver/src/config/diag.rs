@@ -4,6 +4,17 @@ use crate::config::yaml::Pos;
 use serde::Serialize;
 use std::fmt;
 
+/// Most errors shown of one config (text and `check --json`); the rest are counted. A config
+/// with 500,000 duplicated members must not print 500,000 lines: the first few show the pattern.
+pub const MAX_SHOWN: usize = 50;
+
+/// The line that stands for the errors not shown, if any.
+pub fn not_shown_line(total: usize) -> Option<String> {
+    let more = total.checked_sub(MAX_SHOWN).filter(|&n| n > 0)?;
+    let noun = if more == 1 { "error" } else { "errors" };
+    Some(format!("… and {more} more {noun} (only the first {MAX_SHOWN} are shown; fix these and check again)"))
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {

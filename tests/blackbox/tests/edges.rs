@@ -125,3 +125,44 @@ fn a_yaml_alias_bomb_fails_fast_at_the_alias() {
         );
     }
 }
+
+#[test]
+fn thousands_of_errors_are_capped_in_text_and_json() {
+    let sys = demo();
+    let n = 150_000;
+    let dups = vec!["work"; n].join(", ");
+    let text = seed_config().replace(
+        "misc:\n  type: qubes\n  members:\n    - video-editing",
+        &format!("misc:\n  type: qubes\n  members: [{dups}]"),
+    );
+    assert!(text.len() < 1 << 20);
+    let file = sys.write("dups.yaml", &text);
+    let run = sys.driver(&["check", &file]);
+    run.expect(1);
+    let expected_errors = n - 1;
+    assert!(
+        run.stderr
+            .contains(&format!("config is invalid, {expected_errors} error(s)")),
+        "{}",
+        &run.stderr[..run.stderr.len().min(2000)]
+    );
+    assert!(
+        run.stderr.lines().count() <= 60,
+        "{} lines",
+        run.stderr.lines().count()
+    );
+    assert!(
+        run.stderr
+            .contains(&format!("… and {} more errors", expected_errors - 50)),
+        "{}",
+        &run.stderr[..run.stderr.len().min(2000)]
+    );
+
+    let run = sys.driver(&["check", "--json", &file]);
+    run.expect(1);
+    let v = run.json();
+    assert_eq!(v["valid"], false);
+    assert_eq!(v["errors"].as_array().unwrap().len(), 50);
+    assert_eq!(v["error_count"], expected_errors);
+    assert_eq!(v["errors_not_shown"], expected_errors - 50);
+}
