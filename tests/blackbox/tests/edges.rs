@@ -166,3 +166,34 @@ fn thousands_of_errors_are_capped_in_text_and_json() {
     assert_eq!(v["error_count"], expected_errors);
     assert_eq!(v["errors_not_shown"], expected_errors - 50);
 }
+
+#[test]
+fn an_unknown_top_level_key_names_the_known_keys_and_the_closest() {
+    let sys = demo();
+    let text = format!("{}reciever: backups-disp\n", seed_config());
+    let file = sys.write("typo.yaml", &text);
+    let run = sys.driver(&["check", &file]);
+    run.expect(1);
+    assert!(
+        run.stderr.contains("unknown top-level key \"reciever\""),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("did you mean 'receiver'?"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains(
+            "name, scope, allowed-behaviours, receiver, include-groups, forgo-groups, void-groups"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("expected a group definition"),
+        "{}",
+        run.stderr
+    );
+}
