@@ -344,41 +344,7 @@ fn import(store: &Store, runner: &dyn Runner, file: &PathBuf, replace: bool) -> 
 }
 
 fn list(store: &Store, json: bool) -> Result<()> {
-    let all = store.list()?;
-    if json {
-        let v: Vec<_> = all
-            .iter()
-            .map(|s| {
-                serde_json::json!({
-                    "name": s.name,
-                    "imported_at": s.imported_at,
-                    "config_path": s.config_path,
-                    "targets": s.targets.len(),
-                    "done": s.targets.iter().filter(|t| t.send_state == SendState::Done).count(),
-                })
-            })
-            .collect();
-        crate::outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-        return Ok(());
-    }
-    if all.is_empty() {
-        crate::outln!("No backups imported in {}.", store.dir().display());
-    }
-    for s in all {
-        let done = s
-            .targets
-            .iter()
-            .filter(|t| t.send_state == SendState::Done)
-            .count();
-        crate::outln!(
-            "{}  {}  {done}/{} sent  ({})",
-            s.imported_at,
-            s.name,
-            s.targets.len(),
-            s.config_path
-        );
-    }
-    Ok(())
+    crate::output::list::list(store, json)
 }
 
 /// Arguments of `zfs send` for a target (without the `zfs` itself). Used for the estimate and the

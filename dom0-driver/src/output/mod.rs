@@ -150,4 +150,5 @@ mod tests {
         assert_eq!(human_bytes(300 * 1024 * 1024), "300 MiB");
     }
 }
+pub mod list;
 pub mod report;

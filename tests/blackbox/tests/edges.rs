@@ -197,3 +197,84 @@ fn an_unknown_top_level_key_names_the_known_keys_and_the_closest() {
         run.stderr
     );
 }
+
+/// Imports the demo config under `name`.
+fn import_as(sys: &FakeSystem, name: &str) {
+    let text = seed_config().replace("name: mybackup1", &format!("name: {name}"));
+    let file = sys.write(&format!("{name}.yaml"), &text);
+    sys.driver(&["import", &file]).expect(0);
+}
+
+#[test]
+fn a_corrupt_state_file_only_affects_its_own_backup() {
+    let sys = demo();
+    for name in ["alpha", "bravo", "charlie"] {
+        import_as(&sys, name);
+    }
+    std::fs::write(sys.meta.join("bravo.json"), b"{ \"format\": \"qubes-zfs-b").unwrap();
+
+    let run = sys.driver(&["list"]);
+    run.expect(0);
+    assert!(run.stdout.contains("alpha"), "{}", run.stdout);
+    assert!(run.stdout.contains("charlie"), "{}", run.stdout);
+    let bravo: Vec<&str> = run.stdout.lines().filter(|l| l.contains("bravo")).collect();
+    assert_eq!(bravo.len(), 1, "{}", run.stdout);
+    assert!(bravo[0].contains("unreadable"), "{}", run.stdout);
+    assert!(bravo[0].contains("corrupt"), "{}", run.stdout);
+
+    let run = sys.driver(&["list", "--json"]);
+    run.expect(0);
+    let v = run.json();
+    let rows = v.as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{v:#}");
+    assert_eq!(rows[0]["name"], "alpha");
+    assert!(rows[0].get("error").is_none(), "{v:#}");
+    assert_eq!(rows[1]["name"], "bravo");
+    assert!(
+        rows[1]["error"].as_str().unwrap().contains("corrupt"),
+        "{v:#}"
+    );
+    assert_eq!(rows[2]["name"], "charlie");
+    assert_eq!(rows[2]["targets"], rows[0]["targets"]);
+
+    let run = sys.driver(&["status", "bravo"]);
+    run.expect(6);
+    assert!(
+        run.stderr.contains("bravo.json is corrupt"),
+        "{}",
+        run.stderr
+    );
+    sys.driver(&["status", "charlie"]).expect(0);
+}
+
+#[test]
+fn a_failed_state_write_leaves_no_temporary_file() {
+    let sys = demo();
+    import_as(&sys, "alpha");
+    let before = std::fs::read(sys.meta.join("alpha.json")).unwrap();
+    // A real write failure after the temporary file was created, as on a full disk, without
+    // root: a file size limit of 0 blocks makes every write to a regular file fail with EFBIG
+    // (SIGXFSZ ignored, which exec keeps). Pipes are not files, and the fakes ignore a failed
+    // write of their call log, so only the state write fails.
+    let mut c = sys.command("sh");
+    c.arg("-c")
+        .arg("trap '' XFSZ && ulimit -f 0 && exec \"$0\" \"$@\"")
+        .arg(bin("qubes-zfs-backup"))
+        .arg("--metadata-dir")
+        .arg(&sys.meta)
+        .args(["calc", "alpha"]);
+    let run = Run::from(c.output().unwrap());
+    run.expect(6);
+    assert!(run.stderr.contains("cannot write"), "{}", run.stderr);
+    assert!(run.stderr.contains("File too large"), "{}", run.stderr);
+    let leftovers: Vec<_> = std::fs::read_dir(&sys.meta)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert_eq!(std::fs::read(sys.meta.join("alpha.json")).unwrap(), before);
+    // Once the disk has room again, the same command works.
+    sys.driver(&["calc", "alpha"]).expect(0);
+}
