@@ -2,7 +2,7 @@
 #![no_main]
 #![forbid(unsafe_code)]
 
-use dom0_driver::inventory::{parse_key_values, parse_vm_list};
+use dom0_driver::system::inventory::{parse_key_values, parse_vm_list};
 use libfuzzer_sys::fuzz_target;
 
 qzb_fuzz::install_alloc_cap!();

@@ -1,4 +1,4 @@
-//! `dom0_driver::yaml::parse`: the YAML reader under the config checker.
+//! `dom0_driver::config::yaml::parse`: the YAML reader under the config checker.
 #![no_main]
 #![forbid(unsafe_code)]
 
@@ -12,6 +12,6 @@ fuzz_target!(
         let Ok(text) = std::str::from_utf8(data) else {
             return;
         };
-        let _ = format!("{:?}", dom0_driver::yaml::parse(text));
+        let _ = format!("{:?}", dom0_driver::config::yaml::parse(text));
     }
 );

@@ -1,4 +1,4 @@
-//! `dom0_driver::inventory::parse_zfs_list`: `zfs list -H -p -t all -o name,type,origin,...`.
+//! `dom0_driver::system::inventory::parse_zfs_list`: `zfs list -H -p -t all -o name,type,origin,...`.
 #![no_main]
 #![forbid(unsafe_code)]
 
@@ -12,6 +12,6 @@ fuzz_target!(
         let Ok(text) = std::str::from_utf8(data) else {
             return;
         };
-        let _ = format!("{:?}", dom0_driver::inventory::parse_zfs_list(text));
+        let _ = format!("{:?}", dom0_driver::system::inventory::parse_zfs_list(text));
     }
 );
