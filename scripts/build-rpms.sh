@@ -70,6 +70,7 @@ install -m 0755 qrexec-policy/qubes-rpc/zfsbackup.Receive "$SRC/zfsbackup.Receiv
 install -m 0644 qrexec-policy/rpc-config/zfsbackup.Receive "$SRC/zfsbackup.Receive.rpc-config"
 install -m 0644 qrexec-policy/README.md "$SRC/README.qrexec-policy.md"
 install -m 0644 docs/INSTALL.md "$SRC/INSTALL.md"
+install -m 0644 docs/CONFIG.md "$SRC/CONFIG.md"
 
 # The man page and shell completions, generated from the driver's clap definitions by
 # `cargo xtask assets` (the generators are not linked into the dom0 binary):

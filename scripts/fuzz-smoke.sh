@@ -74,7 +74,7 @@ echo "== fuzz-smoke: built in $((built - started)) s; fuzzing each target ${FUZZ
 
 dict_for() {
     case $1 in
-    config | yaml) echo fuzz/dict/yaml.dict ;;
+    config | config_report | yaml) echo fuzz/dict/yaml.dict ;;
     zfs_list) echo fuzz/dict/zfs_list.dict ;;
     qubesd_reply | vm_list) echo fuzz/dict/qubes.dict ;;
     xl_attachments) echo fuzz/dict/xl.dict ;;

@@ -4,7 +4,7 @@
 //! codes: `--help` (and so the man page, generated from the clap definitions) prints it, and a
 //! test checks the README's table against it.
 
-use crate::config::diag::Diagnostic;
+use crate::config::diag::{self, Diagnostic};
 use crate::system::runner::ToolError;
 use std::fmt;
 
@@ -137,11 +137,14 @@ impl fmt::Display for Error {
             }
             Error::InvalidConfig { file, errors } => {
                 writeln!(f, "{file}: config is invalid, {} error(s):", errors.len())?;
-                for (i, e) in errors.iter().enumerate() {
+                for (i, e) in errors.iter().take(diag::MAX_SHOWN).enumerate() {
                     if i > 0 {
                         writeln!(f)?;
                     }
                     write!(f, "  {}", e.render(Some(file)))?;
+                }
+                if let Some(line) = diag::not_shown_line(errors.len()) {
+                    write!(f, "\n  {line}")?;
                 }
                 Ok(())
             }
@@ -202,5 +205,42 @@ mod tests {
     #[test]
     fn a_policy_refusal_is_a_receiver_problem() {
         assert_eq!(Error::PolicyRefused("x".into()).exit_code(), exit::RECEIVER);
+    }
+
+    fn invalid(n: usize) -> Error {
+        Error::InvalidConfig {
+            file: "b.yaml".into(),
+            errors: (0..n)
+                .map(|i| Diagnostic::error(format!("g.members[{i}]"), None, "listed twice"))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn invalid_config_shows_the_first_errors_and_counts_the_rest() {
+        let text = invalid(500_001).to_string();
+        assert!(
+            text.starts_with("b.yaml: config is invalid, 500001 error(s):"),
+            "{text}"
+        );
+        assert_eq!(text.lines().count(), 1 + diag::MAX_SHOWN + 1, "{text}");
+        assert!(text.contains("g.members[49]") && !text.contains("g.members[50]"));
+        assert!(
+            text.ends_with(&format!(
+                "… and {} more errors (only the first 50 are shown; fix these and check again)",
+                500_001 - 50
+            )),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_few_errors_are_all_shown_without_a_summary_line() {
+        let text = invalid(diag::MAX_SHOWN).to_string();
+        assert_eq!(text.lines().count(), 1 + diag::MAX_SHOWN);
+        assert!(!text.contains("more error"));
+        assert!(invalid(diag::MAX_SHOWN + 1).to_string().ends_with(
+            "… and 1 more error (only the first 50 are shown; fix these and check again)"
+        ));
     }
 }

@@ -1,4 +1,4 @@
-//! `dom0_driver::cli::parse_send_size` (`zfs send -n -v -P` output).
+//! `dom0_driver::system::inventory::parse_send_size` (`zfs send -n -v -P` output).
 #![no_main]
 #![forbid(unsafe_code)]
 
@@ -12,6 +12,6 @@ fuzz_target!(
         let Ok(text) = std::str::from_utf8(data) else {
             return;
         };
-        let _ = dom0_driver::cli::parse_send_size(text);
+        let _ = dom0_driver::system::inventory::parse_send_size(text);
     }
 );

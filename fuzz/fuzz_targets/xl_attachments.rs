@@ -1,9 +1,9 @@
-//! `dom0_driver::system::snapshot::parse_xl_attachments` (`xl list -l` JSON), with a resolver that
+//! `dom0_driver::snapshot::parse_xl_attachments` (`xl list -l` JSON), with a resolver that
 //! knows nothing and with one that maps every non-`/dev/zvol/` path to a dataset name.
 #![no_main]
 #![forbid(unsafe_code)]
 
-use dom0_driver::system::snapshot::parse_xl_attachments;
+use dom0_driver::snapshot::parse_xl_attachments;
 use libfuzzer_sys::fuzz_target;
 
 qzb_fuzz::install_alloc_cap!();

@@ -2,43 +2,73 @@
 
 use crate::error::Result;
 use crate::output::report;
-use crate::output::{human_bytes, sanitize};
+use crate::output::{human_bytes, sanitize, Style};
 use crate::state::{SendState, SnapshotState, Store};
 
+/// Every imported backup, one line (or JSON object) each. A state file that cannot be read
+/// (corrupt, from a newer version, unreadable) is listed with its error instead of hiding the
+/// other backups; `list` still exits 0, because listing worked, and says on stderr how many
+/// could not be read. `status NAME` of such a backup fails with the full error (exit code 6).
 pub fn list(store: &Store, json: bool) -> Result<()> {
     let all = store.list()?;
+    let broken = all.iter().filter(|l| l.state.is_err()).count();
     if json {
         let v: Vec<_> = all
             .iter()
-            .map(|s| {
-                serde_json::json!({
+            .map(|l| match &l.state {
+                Ok(s) => serde_json::json!({
                     "name": s.name,
                     "imported_at": s.imported_at,
                     "config_path": s.config_path,
                     "targets": s.targets.len(),
                     "done": s.targets.iter().filter(|t| t.send_state == SendState::Done).count(),
-                })
+                }),
+                Err(e) => serde_json::json!({
+                    "name": l.name,
+                    "error": e.to_string(),
+                }),
             })
             .collect();
         crate::outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-        return Ok(());
+    } else {
+        if all.is_empty() {
+            crate::outln!("No backups imported in {}.", store.dir().display());
+        }
+        for l in &all {
+            match &l.state {
+                Ok(s) => {
+                    let done = s
+                        .targets
+                        .iter()
+                        .filter(|t| t.send_state == SendState::Done)
+                        .count();
+                    crate::outln!(
+                        "{}  {}  {done}/{} sent  ({})",
+                        s.imported_at,
+                        s.name,
+                        s.targets.len(),
+                        s.config_path
+                    );
+                }
+                Err(e) => crate::outln!(
+                    "{:<20}  {}  unreadable: {}",
+                    "?",
+                    l.name,
+                    sanitize(&e.to_string())
+                ),
+            }
+        }
     }
-    if all.is_empty() {
-        crate::outln!("No backups imported in {}.", store.dir().display());
-    }
-    for s in all {
-        let done = s
-            .targets
-            .iter()
-            .filter(|t| t.send_state == SendState::Done)
-            .count();
-        crate::outln!(
-            "{}  {}  {done}/{} sent  ({})",
-            s.imported_at,
-            s.name,
-            s.targets.len(),
-            s.config_path
-        );
+    if broken > 0 {
+        let style = Style::for_stderr();
+        let what = if broken == 1 {
+            "1 backup's state file".to_owned()
+        } else {
+            format!("{broken} backups' state files")
+        };
+        crate::output::stderr_line(style.yellow(&format!(
+            "Warning: {what} could not be read (marked above); `status NAME` shows why"
+        )));
     }
     Ok(())
 }

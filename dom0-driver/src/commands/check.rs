@@ -13,20 +13,7 @@ use crate::system::runner::Runner;
 use std::path::PathBuf;
 
 fn read_config(file: &PathBuf) -> Result<String> {
-    let display = file.display().to_string();
-    let bytes = std::fs::read(file).map_err(|e| Error::ConfigFile {
-        path: display.clone(),
-        problem: e.to_string(),
-        not_found: e.kind() == std::io::ErrorKind::NotFound,
-    })?;
-    String::from_utf8(bytes).map_err(|e| Error::ConfigFile {
-        path: display,
-        problem: format!(
-            "it is not UTF-8 text (invalid byte at offset {})",
-            e.utf8_error().valid_up_to()
-        ),
-        not_found: false,
-    })
+    config::file::read(file)
 }
 
 /// Reads, checks and plans a config against the live system.

@@ -4,6 +4,17 @@ use crate::config::yaml::Pos;
 use serde::Serialize;
 use std::fmt;
 
+/// Most errors shown of one config (text and `check --json`); the rest are counted. A config
+/// with 500,000 duplicated members must not print 500,000 lines: the first few show the pattern.
+pub const MAX_SHOWN: usize = 50;
+
+/// The line that stands for the errors not shown, if any.
+pub fn not_shown_line(total: usize) -> Option<String> {
+    let more = total.checked_sub(MAX_SHOWN).filter(|&n| n > 0)?;
+    let noun = if more == 1 { "error" } else { "errors" };
+    Some(format!("… and {more} more {noun} (only the first {MAX_SHOWN} are shown; fix these and check again)"))
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
@@ -49,7 +60,9 @@ impl Diagnostic {
         }
     }
 
-    /// The one-line form: `file:line:col: path: message`.
+    /// The one-line form: `file:line:col: path: message`. A line break or other control
+    /// character inside the path or message (a group name written as a multi-line YAML scalar
+    /// ends up in both) is escaped, so one diagnostic is always one line.
     pub fn render(&self, file: Option<&str>) -> String {
         let mut out = String::new();
         if let Some(file) = file {
@@ -64,16 +77,50 @@ impl Diagnostic {
             out.push(' ');
         }
         if !self.path.is_empty() {
-            out.push_str(&self.path);
+            push_one_line(&mut out, &self.path);
             out.push_str(": ");
         }
-        out.push_str(&self.message);
+        push_one_line(&mut out, &self.message);
         out
+    }
+}
+
+/// Appends `s` with line breaks and other control characters (but tabs) escaped.
+fn push_one_line(out: &mut String, s: &str) {
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() && c != '\t' => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
     }
 }
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.render(None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_diagnostic_renders_as_one_line_whatever_its_text() {
+        let d = Diagnostic::error(
+            "include-groups[0]",
+            Some(Pos { line: 3, column: 5 }),
+            "group 'a\n- b\r\u{1b}[31m' is not defined",
+        );
+        let text = d.render(Some("f.yaml"));
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert_eq!(
+            text,
+            "f.yaml:3:5: include-groups[0]: group 'a\\n- b\\r\\u{1b}[31m' is not defined"
+        );
+        let d = Diagnostic::error("a\nb", None, "x");
+        assert_eq!(d.to_string(), "a\\nb: x");
     }
 }

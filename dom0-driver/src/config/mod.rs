@@ -5,6 +5,7 @@
 //! words the seed's own example uses (`yes`/`no`).
 
 pub mod diag;
+pub mod file;
 pub mod yaml;
 
 use crate::config::diag::Diagnostic;
@@ -583,13 +584,18 @@ impl Checker {
                 continue;
             }
             let (k, v) = top.map[key];
-            if let Some(s) = suggest(key, &RESERVED) {
-                if !referenced.contains_key(key) {
-                    self.error(
-                        key,
-                        k.pos,
-                        format!("unknown key '{key}'; did you mean '{s}'?"),
-                    );
+            if !referenced.contains_key(key) {
+                // Not a group anything refers to: a misspelt reserved key, or something that is
+                // no group at all (not a mapping with 'type' or 'members').
+                let close = suggest(key, &RESERVED);
+                let group_like = match &v.value {
+                    Value::Map(pairs) => pairs
+                        .iter()
+                        .any(|(k, _)| matches!(k.as_str(), Some("type" | "members"))),
+                    _ => false,
+                };
+                if close.is_some() || !group_like {
+                    self.error(key, k.pos, unknown_top_level_key(key, close));
                     ok = false;
                     continue;
                 }
@@ -728,6 +734,19 @@ impl Checker {
         }
         ok.then_some((kind, members))
     }
+}
+
+/// The message for a top-level key that is neither reserved nor a group.
+fn unknown_top_level_key(key: &str, close: Option<&str>) -> String {
+    let mut msg = format!("unknown top-level key {}", quote(key));
+    if let Some(s) = close {
+        msg.push_str(&format!("; did you mean '{s}'?"));
+    }
+    msg.push_str(&format!(
+        " The top-level keys are {}; any other top-level key defines a group (a mapping with 'type' and 'members') and must be listed in include-groups, forgo-groups or void-groups",
+        RESERVED.join(", ")
+    ));
+    msg
 }
 
 /// The closest allowed word to a typo, if it is close enough to be a likely misspelling.

@@ -180,6 +180,52 @@ fn misspelt_top_level_key_is_not_taken_for_a_group() {
 }
 
 #[test]
+fn unknown_top_level_keys_name_the_known_keys_and_the_closest() {
+    // A misspelt reserved key: the suggestion and the list of keys, not "a group definition".
+    let e = one_error(&format!("{SEED_EXAMPLE}\nreciever: backups-disp\n"));
+    assert_eq!(e.path, "reciever");
+    assert!(
+        e.message
+            .contains("unknown top-level key \"reciever\"; did you mean 'receiver'?"),
+        "{}",
+        e.message
+    );
+    assert!(
+        e.message.contains(
+            "name, scope, allowed-behaviours, receiver, include-groups, forgo-groups, void-groups"
+        ),
+        "{}",
+        e.message
+    );
+    assert!(
+        !e.message.contains("expected a group definition"),
+        "{}",
+        e.message
+    );
+    // Nothing close: still the list of keys, and no talk of a group definition.
+    for extra in ["compression: lz4", "options:\n  level: 3"] {
+        let e = one_error(&format!("{SEED_EXAMPLE}\n{extra}\n"));
+        assert!(
+            e.message.starts_with("unknown top-level key"),
+            "{}",
+            e.message
+        );
+        assert!(!e.message.contains("did you mean"), "{}", e.message);
+        assert!(
+            e.message.contains("The top-level keys are name, scope"),
+            "{}",
+            e.message
+        );
+    }
+    // A spare group (it has 'type'/'members') stays a warning, a broken spare one an error about
+    // the group.
+    let e = one_error(&format!(
+        "{SEED_EXAMPLE}\nspare:\n  type: qubs\n  members: [x]\n"
+    ));
+    assert!(e.message.contains("did you mean 'qubes'"), "{}", e.message);
+}
+
+#[test]
 fn missing_keys_are_reported_where_they_belong() {
     let e = one_error(&with("  patching: no\n", ""));
     assert_eq!(e.path, "allowed-behaviours.patching");

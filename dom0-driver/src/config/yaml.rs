@@ -104,6 +104,7 @@ pub fn parse(text: &str) -> Result<Node, YamlError> {
         events: Parser::new_from_str(text),
         anchors: HashMap::new(),
         depth: 0,
+        expanded: Size::default(),
     };
     builder.document()
 }
@@ -111,10 +112,58 @@ pub fn parse(text: &str) -> Result<Node, YamlError> {
 /// Deepest nesting we accept; a config is a few levels deep, this only stops pathological input.
 const MAX_DEPTH: usize = 64;
 
+/// Most nodes that aliases (`*name`) may add to the tree, all aliases together. Without a bound,
+/// a kilobyte of nested aliases (a "billion laughs") expands to gigabytes; the tree a config needs
+/// has a few hundred nodes, and a real config has no aliases at all.
+pub const MAX_ALIAS_NODES: usize = 100_000;
+/// Most bytes of scalar text that aliases may add to the tree, all aliases together (one long
+/// anchored string repeated by many aliases is a bomb too).
+pub const MAX_ALIAS_BYTES: usize = 4 << 20;
+
+/// How much a subtree materialises: its nodes and the bytes of its scalars.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Size {
+    nodes: usize,
+    bytes: usize,
+}
+
+impl Size {
+    fn of(node: &Node) -> Size {
+        let mut size = Size { nodes: 1, bytes: 0 };
+        match &node.value {
+            Value::Null | Value::Bool(_) => {}
+            Value::Int(s) | Value::Float(s) | Value::Date(s) | Value::Str(s) => {
+                size.bytes = s.len()
+            }
+            Value::Seq(items) => {
+                for n in items {
+                    size = size.plus(Size::of(n));
+                }
+            }
+            Value::Map(pairs) => {
+                for (k, v) in pairs {
+                    size = size.plus(Size::of(k)).plus(Size::of(v));
+                }
+            }
+        }
+        size
+    }
+
+    fn plus(self, other: Size) -> Size {
+        Size {
+            nodes: self.nodes.saturating_add(other.nodes),
+            bytes: self.bytes.saturating_add(other.bytes),
+        }
+    }
+}
+
 struct Builder<'a> {
     events: Parser<'a, saphyr_parser::StrInput<'a>>,
-    anchors: HashMap<usize, Node>,
+    /// Anchored nodes, with what one copy of each materialises.
+    anchors: HashMap<usize, (Node, Size)>,
     depth: usize,
+    /// What every alias so far has added to the tree; bounded by the `MAX_ALIAS_*` constants.
+    expanded: Size,
 }
 
 enum Item {
@@ -248,10 +297,24 @@ impl<'a> Builder<'a> {
             Event::SequenceEnd => Ok(Item::SeqEnd),
             Event::MappingEnd => Ok(Item::MapEnd),
             Event::Alias(id) => match self.anchors.get(&id) {
-                Some(n) => Ok(Item::Node(Node {
-                    value: n.value.clone(),
-                    pos,
-                })),
+                Some((n, size)) => {
+                    // Counted before the copy is made, so a bomb fails before it allocates.
+                    let total = self.expanded.plus(*size);
+                    if total.nodes > MAX_ALIAS_NODES || total.bytes > MAX_ALIAS_BYTES {
+                        return Err(YamlError {
+                            pos,
+                            message: format!(
+                                "the aliases ('*name') up to here would expand to more than {MAX_ALIAS_NODES} nodes or {} MiB of text; a config needs far fewer (write the values out instead)",
+                                MAX_ALIAS_BYTES >> 20
+                            ),
+                        });
+                    }
+                    self.expanded = total;
+                    Ok(Item::Node(Node {
+                        value: n.value.clone(),
+                        pos,
+                    }))
+                }
                 None => Err(YamlError {
                     pos,
                     message: "this alias ('*name') refers to an anchor that is not defined".into(),
@@ -278,7 +341,7 @@ impl<'a> Builder<'a> {
     fn remember(&mut self, anchor: usize, node: &Node) {
         // saphyr numbers anchors from 1; 0 means "no anchor".
         if anchor != 0 {
-            self.anchors.insert(anchor, node.clone());
+            self.anchors.insert(anchor, (node.clone(), Size::of(node)));
         }
     }
 }
@@ -472,6 +535,48 @@ mod tests {
         let m = map(&n);
         assert!(matches!(&m[1].1.value, Value::Seq(v) if v.len() == 2));
         assert_eq!(m[2].1.value, Value::Str("yes".into()));
+    }
+
+    /// The classic "billion laughs": each level doubles (here: multiplies by nine) the one below.
+    fn alias_bomb(levels: usize) -> String {
+        let mut text = String::from("a0: &a0 [\"lol\"]\n");
+        for i in 1..levels {
+            let refs = vec![format!("*a{}", i - 1); 9].join(", ");
+            text.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
+        }
+        text
+    }
+
+    #[test]
+    fn an_alias_bomb_is_refused_at_the_alias_that_crosses_the_cap() {
+        // 9^9 = 387 million copies of "lol" if expanded; about 1 KiB of text.
+        let text = alias_bomb(10);
+        assert!(text.len() < 1500, "{}", text.len());
+        let e = parse(&text).unwrap_err();
+        assert!(
+            e.message.contains("would expand to more than"),
+            "{}",
+            e.message
+        );
+        // Levels a0..a4 add 15,678 nodes; each alias of a4 adds 13,942 more, so the seventh
+        // alias on line 6 (a5) crosses 100,000: the error is there.
+        assert_eq!(e.pos.line, 6, "{e:?}");
+        assert!(e.pos.column > 1, "{e:?}");
+    }
+
+    #[test]
+    fn a_long_anchored_string_repeated_is_refused_by_its_bytes() {
+        let big = "x".repeat(100_000);
+        let refs = vec!["*s"; 50].join(", ");
+        let e = parse(&format!("s: &s \"{big}\"\nt: [{refs}]\n")).unwrap_err();
+        assert!(e.message.contains("MiB of text"), "{}", e.message);
+        assert_eq!(e.pos.line, 2);
+    }
+
+    #[test]
+    fn aliases_within_the_cap_still_expand() {
+        let n = parse(&alias_bomb(5)).unwrap(); // 15,678 nodes added by aliases
+        assert_eq!(map(&n).len(), 5);
     }
 
     #[test]

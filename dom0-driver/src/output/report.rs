@@ -1,6 +1,6 @@
 //! What `check` and `calc` print, for people and as JSON.
 
-use crate::config::diag::Diagnostic;
+use crate::config::diag::{Diagnostic, MAX_SHOWN};
 use crate::config::Config;
 use crate::output::{human_bytes, Style};
 use crate::plan::{Plan, Reason, Target};
@@ -170,7 +170,9 @@ pub fn check_json(
     let mut v = json!({
         "file": file,
         "valid": errors.is_empty(),
-        "errors": diag_json(errors),
+        "errors": diag_json(&errors[..errors.len().min(MAX_SHOWN)]),
+        "error_count": errors.len(),
+        "errors_not_shown": errors.len().saturating_sub(MAX_SHOWN),
         "warnings": diag_json(warnings),
         "designations": [],
         "targets": [],

@@ -209,11 +209,15 @@ impl Store {
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
         let mut f = opts.open(&tmp).map_err(|e| io("create", e))?;
+        // From here on every failure (a full disk fails the write or the fsync) removes the
+        // temporary file again; only a successful rename keeps it, under its real name.
+        let guard = TempFile(Some(&tmp));
         f.write_all(&text).map_err(|e| io("write", e))?;
         f.sync_all().map_err(|e| io("sync", e))?;
         drop(f);
         fs::rename(&tmp, &path)
             .map_err(|e| Error::State(format!("cannot replace {}: {e}", path.display())))?;
+        guard.keep();
         // The rename is durable only once the directory entry is.
         if let Ok(d) = File::open(&self.dir) {
             let _ = d.sync_all();
@@ -221,8 +225,9 @@ impl Store {
         Ok(())
     }
 
-    /// Every imported backup, by name.
-    pub fn list(&self) -> Result<Vec<BackupState>> {
+    /// Every imported backup, by name. A state file that cannot be read is listed with its error
+    /// (it concerns only its own backup); only an unreadable directory is an error of the list.
+    pub fn list(&self) -> Result<Vec<Listed>> {
         let entries = match fs::read_dir(&self.dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -244,7 +249,13 @@ impl Store {
             .filter(|n| BackupName::parse(n).is_ok())
             .collect();
         names.sort();
-        names.iter().map(|n| self.load(n)).collect()
+        Ok(names
+            .into_iter()
+            .map(|name| Listed {
+                state: self.load(&name),
+                name,
+            })
+            .collect())
     }
 
     /// Takes the backup's lock for the life of the returned guard; a second holder is refused.
@@ -265,6 +276,30 @@ impl Store {
                 path.display()
             ))),
             Err(fs::TryLockError::Error(e)) => Err(Error::State(format!("cannot lock {}: {e}", path.display()))),
+        }
+    }
+}
+
+/// One entry of [`Store::list`]: a backup's name and its state, or why it cannot be read.
+pub struct Listed {
+    pub name: String,
+    pub state: Result<BackupState>,
+}
+
+/// Removes a temporary file when dropped, unless [`TempFile::keep`] was called.
+struct TempFile<'p>(Option<&'p Path>);
+
+impl TempFile<'_> {
+    /// The file was renamed into place: nothing to remove.
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for TempFile<'_> {
+    fn drop(&mut self) {
+        if let Some(p) = self.0 {
+            let _ = fs::remove_file(p);
         }
     }
 }
@@ -345,6 +380,45 @@ mod tests {
             .collect();
         assert!(leftovers.is_empty());
         assert_eq!(store.list().unwrap().len(), 1);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn tmp_files(dir: &Path) -> Vec<String> {
+        fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".tmp-"))
+            .collect()
+    }
+
+    #[test]
+    fn a_failed_rename_removes_the_temporary_file() {
+        // The rename fails when the state's name is taken by a non-empty directory; the write
+        // and fsync before it succeeded, so a temporary file existed and must be gone.
+        let dir = std::env::temp_dir().join(format!("qzb-state-rename-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let store = Store::new(&dir);
+        fs::create_dir_all(dir.join("mybackup1.json/x")).unwrap();
+        let e = store.save(&sample()).unwrap_err().to_string();
+        assert!(e.contains("cannot replace"), "{e}");
+        assert_eq!(tmp_files(&dir), Vec::<String>::new());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_corrupt_state_file_is_listed_with_its_error_between_the_others() {
+        let dir = std::env::temp_dir().join(format!("qzb-state-list-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let store = Store::new(&dir);
+        store.save(&sample()).unwrap();
+        fs::write(dir.join("broken.json"), b"{ trunc").unwrap();
+        let all = store.list().unwrap();
+        let names: Vec<_> = all.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["broken", "mybackup1"]);
+        let err = all[0].state.as_ref().err().unwrap().to_string();
+        assert!(err.contains("broken.json is corrupt"), "{err}");
+        assert_eq!(all[1].state.as_ref().unwrap().name.as_str(), "mybackup1");
         fs::remove_dir_all(&dir).unwrap();
     }
 

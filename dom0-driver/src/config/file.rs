@@ -1,0 +1,246 @@
+//! Reading the config file: only a regular file, and only up to [`MAX_CONFIG_BYTES`].
+//!
+//! A config is a few hundred bytes to a few KiB of YAML. Whatever else the path names is refused
+//! with a message saying what it is, before anything is read:
+//!
+//! - a FIFO (named pipe) would block `open` until a writer appears, and then could stream for
+//!   ever; a character device such as `/dev/zero` or `/dev/urandom` never ends; a directory or a
+//!   socket cannot be read as text;
+//! - a regular file larger than the cap is refused by its size, and the read itself goes through
+//!   `take(cap + 1)`, so a file that grows while we read it cannot make us read more.
+//!
+//! The type is checked twice: once by path without opening (so a FIFO is never opened in
+//! blocking mode), and again on the opened file (the path may have been replaced in between;
+//! opening with `O_NONBLOCK` means even a swapped-in FIFO does not block the `open`).
+
+use crate::error::{Error, Result};
+use std::fs::{File, Metadata, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::Path;
+
+/// Largest config file we read: 1 MiB, hundreds of times any real config.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// `O_NONBLOCK` of Linux's `open(2)` on x86, x86-64, ARM, AArch64, RISC-V, PowerPC and s390x
+/// (octal 04000, from the kernel's include/uapi/asm-generic/fcntl.h). Written out because the
+/// driver has no libc dependency; std exposes no constant for it. dom0 is x86-64. Only the
+/// architectures where the generic value applies get it; on others the flag is left out and the
+/// type check before `open` is what keeps a FIFO from being opened.
+#[cfg(all(
+    target_os = "linux",
+    any(
+        target_arch = "x86",
+        target_arch = "x86_64",
+        target_arch = "arm",
+        target_arch = "aarch64",
+        target_arch = "riscv64",
+        target_arch = "powerpc",
+        target_arch = "powerpc64",
+        target_arch = "s390x"
+    )
+))]
+const O_NONBLOCK: i32 = 0o4000;
+#[cfg(not(all(
+    target_os = "linux",
+    any(
+        target_arch = "x86",
+        target_arch = "x86_64",
+        target_arch = "arm",
+        target_arch = "aarch64",
+        target_arch = "riscv64",
+        target_arch = "powerpc",
+        target_arch = "powerpc64",
+        target_arch = "s390x"
+    )
+)))]
+const O_NONBLOCK: i32 = 0;
+
+/// Reads the config at `path` as UTF-8 text, refusing anything but a regular file of at most
+/// [`MAX_CONFIG_BYTES`]. A missing file is `ConfigFile { not_found: true }` (exit code 4),
+/// every other problem `ConfigFile { not_found: false }` (exit code 1).
+pub fn read(path: impl AsRef<Path>) -> Result<String> {
+    read_capped(path.as_ref(), MAX_CONFIG_BYTES)
+}
+
+fn read_capped(path: &Path, cap: u64) -> Result<String> {
+    let display = path.display().to_string();
+    let fail = |problem: String, not_found: bool| Error::ConfigFile {
+        path: display.clone(),
+        problem,
+        not_found,
+    };
+    // By path, following symlinks, without opening: a FIFO is refused before any open.
+    let meta = std::fs::metadata(path)
+        .map_err(|e| fail(e.to_string(), e.kind() == std::io::ErrorKind::NotFound))?;
+    check_regular(&meta, cap).map_err(|p| fail(p, false))?;
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(O_NONBLOCK)
+        .open(path)
+        .map_err(|e| fail(e.to_string(), e.kind() == std::io::ErrorKind::NotFound))?;
+    // Again on what was opened: the path may name something else by now.
+    let meta = file.metadata().map_err(|e| fail(e.to_string(), false))?;
+    check_regular(&meta, cap).map_err(|p| fail(p, false))?;
+    let bytes = read_at_most(file, cap).map_err(|e| fail(e.to_string(), false))?;
+    if bytes.len() as u64 > cap {
+        return Err(fail(
+            format!(
+                "it grew past {} while being read; a config may be at most that",
+                size_words(cap)
+            ),
+            false,
+        ));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        fail(
+            format!(
+                "it is not UTF-8 text (invalid byte at offset {})",
+                e.utf8_error().valid_up_to()
+            ),
+            false,
+        )
+    })
+}
+
+/// At most `cap + 1` bytes, so that "more than the cap" can be told from "exactly the cap".
+fn read_at_most(file: File, cap: u64) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    file.take(cap.saturating_add(1)).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// `Ok` for a regular file within the cap; otherwise what is wrong with it, in words.
+fn check_regular(meta: &Metadata, cap: u64) -> std::result::Result<(), String> {
+    let t = meta.file_type();
+    let what = if t.is_file() {
+        None
+    } else if t.is_dir() {
+        Some("a directory")
+    } else if t.is_fifo() {
+        Some("a FIFO (named pipe)")
+    } else if t.is_char_device() {
+        Some("a character device")
+    } else if t.is_block_device() {
+        Some("a block device")
+    } else if t.is_socket() {
+        Some("a socket")
+    } else {
+        Some("not a regular file")
+    };
+    if let Some(what) = what {
+        return Err(format!(
+            "it is {what}, not a regular file; a config must be a regular file (to use a pipe, save it to a file first)"
+        ));
+    }
+    if meta.len() > cap {
+        return Err(format!(
+            "it is {} bytes, larger than the {} a config may be",
+            meta.len(),
+            size_words(cap)
+        ));
+    }
+    Ok(())
+}
+
+fn size_words(cap: u64) -> String {
+    if cap.is_multiple_of(1 << 20) {
+        format!("{} MiB ({cap} bytes)", cap >> 20)
+    } else {
+        format!("{cap} bytes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(tag: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("qzb-cfgfile-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn problem(r: Result<String>) -> (String, bool) {
+        match r {
+            Err(Error::ConfigFile {
+                problem, not_found, ..
+            }) => (problem, not_found),
+            other => panic!("expected a config file error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_regular_file_up_to_the_cap_is_read() {
+        let d = dir("ok");
+        let p = d.join("a.yaml");
+        std::fs::write(&p, "name: x\n").unwrap();
+        assert_eq!(read(&p).unwrap(), "name: x\n");
+        std::fs::write(&p, "x".repeat(64)).unwrap();
+        assert_eq!(read_capped(&p, 64).unwrap().len(), 64);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_file_over_the_cap_is_refused_with_its_size() {
+        let d = dir("big");
+        let p = d.join("a.yaml");
+        std::fs::write(&p, "x".repeat(65)).unwrap();
+        let (msg, nf) = problem(read_capped(&p, 64));
+        assert!(!nf);
+        assert!(
+            msg.contains("65 bytes") && msg.contains("64 bytes"),
+            "{msg}"
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn reading_stops_one_byte_past_the_cap() {
+        // What a file that grows after the size check would give: never more than cap + 1.
+        let d = dir("take");
+        let p = d.join("a.yaml");
+        std::fs::write(&p, "x".repeat(10_000)).unwrap();
+        let bytes = read_at_most(File::open(&p).unwrap(), 100).unwrap();
+        assert_eq!(bytes.len(), 101);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn directories_devices_and_missing_files_are_named() {
+        let d = dir("kinds");
+        let (msg, nf) = problem(read(&d));
+        assert!(!nf);
+        assert!(msg.contains("a directory"), "{msg}");
+        let (msg, _) = problem(read(Path::new("/dev/zero")));
+        assert!(msg.contains("a character device"), "{msg}");
+        let (_, nf) = problem(read(d.join("missing.yaml")));
+        assert!(nf);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_blocking() {
+        let d = dir("fifo");
+        let p = d.join("pipe.yaml");
+        let made = std::process::Command::new("mkfifo").arg(&p).status();
+        if !matches!(made, Ok(s) if s.success()) {
+            eprintln!("mkfifo is not available; skipping");
+            return;
+        }
+        let (msg, _) = problem(read(&p));
+        assert!(msg.contains("a FIFO"), "{msg}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn non_utf8_is_refused_with_its_offset() {
+        let d = dir("utf8");
+        let p = d.join("a.yaml");
+        std::fs::write(&p, b"ab\xffcd").unwrap();
+        let (msg, _) = problem(read(&p));
+        assert!(msg.contains("offset 2"), "{msg}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}
