@@ -60,7 +60,8 @@ pub enum Command {
     #[command(after_help = "Example:\n  qubes-zfs-backup import backup1.yaml")]
     Import {
         file: PathBuf,
-        /// Replace an imported backup of the same name (its progress is lost).
+        /// Replace an imported backup of the same name: targets it already sent (same snapshot, same
+        /// guid) stay done, an interrupted one resumes; nothing on the receiver is changed.
         #[arg(long)]
         replace: bool,
     },

@@ -5,7 +5,7 @@ use crate::config::diag::Diagnostic;
 use crate::config::{self, Config};
 use crate::error::{Error, Result};
 use crate::output::report;
-use crate::output::Style;
+use crate::output::{sanitize, Style};
 use crate::plan::{self, Plan};
 use crate::state::{BackupState, Store};
 use crate::system::inventory;
@@ -111,14 +111,34 @@ pub fn import(store: &Store, runner: &dyn Runner, file: &PathBuf, replace: bool)
     print_warnings(&display, &c.warnings);
     let _lock = store.lock(&c.config.name)?;
     let path = std::fs::canonicalize(file).unwrap_or_else(|_| file.clone());
-    let state = BackupState::new(
+    let mut state = BackupState::new(
         &c.config,
         &path.display().to_string(),
         &c.text,
         c.plan.targets,
     );
+    // Replacing keeps what the old import achieved: what it sent is on the receiver.
+    let carried = match store.exists(&c.config.name) {
+        true => match store.load(&c.config.name) {
+            Ok(old) => Some(state.carry_over(&old)),
+            Err(e) => {
+                crate::output::stderr_line(Style::for_stderr().yellow(&format!(
+                    "Warning: the import being replaced cannot be read ({}); every target starts afresh",
+                    sanitize(&e.to_string())
+                )));
+                None
+            }
+        },
+        false => None,
+    };
     store.save(&state)?;
     crate::outln!("Config validation {}", Style::for_stdout().green("PASSED"));
+    if let Some((done, resuming)) = carried {
+        crate::outln!(
+            "Replaced the earlier import of {}: {done} target(s) it sent stay done (same snapshot, same guid), {resuming} interrupted one(s) resume; nothing on the receiver was changed",
+            state.name
+        );
+    }
     crate::outln!(
         "Imported {} ({} targets) into {}",
         state.name,

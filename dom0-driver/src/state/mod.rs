@@ -95,6 +95,40 @@ impl BackupState {
         }
     }
 
+    /// Takes over from the import this one replaces what is still true: a target the old import
+    /// sent (the same snapshot, by name and guid) is on the receiver, so it stays done; one it
+    /// was sending when interrupted resumes, if the stream is still the same (same incremental
+    /// source and flavour). Everything else starts afresh. Returns (done, resuming) counts.
+    pub fn carry_over(&mut self, old: &BackupState) -> (usize, usize) {
+        let (mut done, mut resuming) = (0, 0);
+        for t in &mut self.targets {
+            let Some(before) = old.targets.iter().find(|o| {
+                o.target.snapshot == t.target.snapshot
+                    && o.target.guid.is_some()
+                    && o.target.guid == t.target.guid
+            }) else {
+                continue;
+            };
+            match before.send_state {
+                SendState::Done => {
+                    t.send_state = SendState::Done;
+                    t.received_guid = before.received_guid;
+                    done += 1;
+                }
+                SendState::Partial
+                    if before.target.incremental_source == t.target.incremental_source
+                        && before.target.progressive == t.target.progressive =>
+                {
+                    t.send_state = SendState::Partial;
+                    resuming += 1;
+                }
+                _ => {}
+            }
+            t.size_estimate = t.size_estimate.or(before.size_estimate);
+        }
+        (done, resuming)
+    }
+
     /// The config this backup was imported from, checked again by today's rules.
     pub fn config(&self) -> Result<Config> {
         config::parse(&self.raw_config)

@@ -687,3 +687,26 @@ fn send_json_prints_one_event_per_line_for_scripts() {
     }
     assert_eq!(events[events.len() - 2]["done"], 3);
 }
+
+#[test]
+fn import_replace_keeps_what_was_sent_and_the_next_send_just_works() {
+    let sys = setup(false);
+    sys.driver(&["send", "shared"]).expect(0);
+    let run = sys.driver(&[
+        "import",
+        "--replace",
+        &sys.dir.join("shared.yaml").display().to_string(),
+    ]);
+    run.expect(0);
+    assert!(
+        run.stdout
+            .contains("3 target(s) it sent stay done (same snapshot, same guid), 0 interrupted one(s) resume; nothing on the receiver was changed"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(states(&sys), ["done", "done", "done"]);
+    // Before, every target failed "already exists ... enable patching".
+    let run = sys.driver(&["send", "shared"]);
+    run.expect(0);
+    sys.driver(&["verify", "shared"]).expect(0);
+}
