@@ -19,7 +19,7 @@ pub const FRAME_HEADER_LEN: usize = 8;
 /// `QZBACKUP`: first bytes of every hello payload.
 pub const MAGIC: [u8; 8] = *b"QZBACKUP";
 /// The protocol version this crate speaks. Bump on any incompatible wire change.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Hello payload size (fixed layout, so any future version can still read it).
 pub const HELLO_PAYLOAD_LEN: usize = 16;
 /// Largest chunk of `zfs send` bytes carried by one data frame.

@@ -222,6 +222,11 @@ pub enum Reply {
         dataset: DatasetName,
     },
     Error(ErrorReply),
+    /// The receive lock is held by another session: the agent waits for it (bounded), and the
+    /// reply to the request follows. `holder` is what the holder wrote into the lock file.
+    Waiting {
+        holder: String,
+    },
 }
 
 fn check_len(what: &str, text: &str, max: usize) -> Result<(), String> {
@@ -366,6 +371,7 @@ impl Reply {
                 Ok(())
             }
             Reply::Error(e) => check_len("message", &e.message, MAX_MESSAGE_LEN),
+            Reply::Waiting { holder } => check_len("lock holder", holder, MAX_MESSAGE_LEN),
         }
     }
 }

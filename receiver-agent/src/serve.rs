@@ -128,7 +128,10 @@ pub fn serve<R: Read + Send, W: Write>(
         };
         match request {
             Request::Inventory(req) => write_reply(&mut writer, &inventory(zfs, &req))?,
-            Request::Abort(req) => write_reply(&mut writer, &abort(config, zfs, &req))?,
+            Request::Abort(req) => {
+                let reply = abort(config, zfs, &req, &mut writer)?;
+                write_reply(&mut writer, &reply)?
+            }
             Request::Receive(req) => {
                 receive(config, zfs, &req, &mut reader, &mut writer)?;
             }
@@ -162,17 +165,28 @@ fn inventory(zfs: &dyn Zfs, req: &InventoryRequest) -> Reply {
 /// Holds the receive lock until dropped.
 struct ReceiveLock(#[allow(dead_code)] File);
 
-fn acquire_lock(config: &Config) -> Result<ReceiveLock, ReceiveFailure> {
+/// How much of the lock file a waiting session reads to say who holds the lock.
+const MAX_HOLDER_TEXT: u64 = 512;
+
+/// Takes the receive lock, waiting up to `config.lock_wait` for another session to finish.
+/// Before it waits, `waiting` is told who holds the lock (what the holder wrote into the lock
+/// file), so the driver can say at once why nothing moves. The holder then writes `what` into
+/// the file for the next one.
+fn acquire_lock(
+    config: &Config,
+    what: &str,
+    waiting: &mut dyn FnMut(String) -> Result<(), ProtocolError>,
+) -> Result<ReceiveLock, AcquireError> {
     let internal = |e: std::io::Error| {
-        failure(
+        AcquireError::Refused(failure(
             ErrorClass::Internal,
             format!("cannot open lock file {}: {e}", config.lock_path.display()),
-        )
+        ))
     };
     if let Some(dir) = config.lock_path.parent() {
         std::fs::create_dir_all(dir).map_err(internal)?;
     }
-    let file = File::options()
+    let mut file = File::options()
         .create(true)
         .truncate(false)
         .read(true)
@@ -180,21 +194,45 @@ fn acquire_lock(config: &Config) -> Result<ReceiveLock, ReceiveFailure> {
         .open(&config.lock_path)
         .map_err(internal)?;
     let deadline = Instant::now() + config.lock_wait;
+    let mut told = false;
     loop {
         match file.try_lock() {
-            Ok(()) => return Ok(ReceiveLock(file)),
+            Ok(()) => {
+                // Best effort: who holds it now, for a session that has to wait.
+                let _ = file.set_len(0).and_then(|()| {
+                    use std::io::{Seek, SeekFrom};
+                    file.seek(SeekFrom::Start(0))?;
+                    file.write_all(what.as_bytes())
+                });
+                return Ok(ReceiveLock(file));
+            }
             Err(TryLockError::WouldBlock) => {
+                if !told {
+                    told = true;
+                    let mut holder = String::new();
+                    let _ = (&file).take(MAX_HOLDER_TEXT).read_to_string(&mut holder);
+                    let holder = if holder.trim().is_empty() {
+                        "another session".to_owned()
+                    } else {
+                        truncate_text(holder.trim(), MAX_MESSAGE_LEN)
+                    };
+                    waiting(format!(
+                        "{holder}; waiting up to {} s for it to finish",
+                        config.lock_wait.as_secs()
+                    ))
+                    .map_err(AcquireError::Gone)?;
+                }
                 let now = Instant::now();
                 if now >= deadline {
-                    return Err(failure(
+                    return Err(AcquireError::Refused(failure(
                         ErrorClass::Busy,
                         format!(
-                            "another receive is still running in this qube (waited {:?} for {}); \
+                            "another receive is still running in this qube (waited {} s for {}); \
                              try again when it has finished",
-                            config.lock_wait,
+                            config.lock_wait.as_secs(),
                             config.lock_path.display()
                         ),
-                    ));
+                    )));
                 }
                 thread::sleep((deadline - now).min(Duration::from_millis(50)));
             }
@@ -203,11 +241,43 @@ fn acquire_lock(config: &Config) -> Result<ReceiveLock, ReceiveFailure> {
     }
 }
 
-fn abort(config: &Config, zfs: &dyn Zfs, req: &AbortRequest) -> Reply {
-    let _lock = match acquire_lock(config) {
+/// Why the lock was not taken.
+enum AcquireError {
+    /// An answer for the driver.
+    Refused(ReceiveFailure),
+    /// The driver could not be told (it is gone).
+    Gone(ProtocolError),
+}
+
+/// What a session writes into the lock file while it holds it.
+fn holder_text(action: &str, dataset: &str) -> String {
+    format!(
+        "{action} {dataset} (agent pid {}, since {} s after the epoch)",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    )
+}
+
+fn abort<W: Write>(
+    config: &Config,
+    zfs: &dyn Zfs,
+    req: &AbortRequest,
+    writer: &mut W,
+) -> Result<Reply, AgentError> {
+    let what = holder_text("a partial-state abort of", req.dataset.as_str());
+    let mut tell = |holder: String| write_reply(writer, &Reply::Waiting { holder });
+    let _lock = match acquire_lock(config, &what, &mut tell) {
         Ok(lock) => lock,
-        Err(f) => return error_reply(f.class, f.message),
+        Err(AcquireError::Refused(f)) => return Ok(error_reply(f.class, f.message)),
+        Err(AcquireError::Gone(e)) => return Err(e.into()),
     };
+    Ok(abort_locked(zfs, req))
+}
+
+fn abort_locked(zfs: &dyn Zfs, req: &AbortRequest) -> Reply {
     match zfs.resume_token(&req.dataset) {
         Ok(Some(_)) => {}
         Ok(None) => {
@@ -531,12 +601,15 @@ fn receive<R: Read + Send, W: Write>(
     reader: &mut R,
     writer: &mut W,
 ) -> Result<(), AgentError> {
-    let lock = match acquire_lock(config) {
+    let what = holder_text("a receive of", req.snapshot.as_str());
+    let mut tell = |holder: String| write_reply(writer, &Reply::Waiting { holder });
+    let lock = match acquire_lock(config, &what, &mut tell) {
         Ok(lock) => lock,
-        Err(f) => {
+        Err(AcquireError::Refused(f)) => {
             write_reply(writer, &Reply::Receive(ReceiveResult::Err(f)))?;
             return Ok(());
         }
+        Err(AcquireError::Gone(e)) => return Err(e.into()),
     };
     let started = precheck(zfs, req)
         .and_then(|()| {

@@ -726,7 +726,14 @@ fn second_receive_waits_a_bounded_time_then_is_refused_as_busy() {
         Driver::new().request(receive_req(ReceiveMode::Full, 1)),
     );
     assert!(started.elapsed() >= cfg.lock_wait);
-    let f = failure_of(&out.replies[0]);
+    // First the notice that it waits (the holder wrote nothing into the lock file), then the
+    // refusal.
+    assert!(
+        matches!(&out.replies[0], Reply::Waiting { holder } if holder.starts_with("another session; waiting up to")),
+        "{:?}",
+        out.replies[0]
+    );
+    let f = failure_of(&out.replies[1]);
     assert_eq!(f.class, ErrorClass::Busy);
     assert!(f.message.contains("another receive"), "{}", f.message);
     assert!(zfs.state().log.is_empty());

@@ -177,18 +177,38 @@ impl Client {
         self.read_reply()
     }
 
-    /// Reads one reply (bounded and validated by the protocol crate).
+    /// Reads one reply (bounded and validated by the protocol crate). A notice that the agent
+    /// waits for another session's lock is shown at once, and the real reply read after it.
     pub fn read_reply(&mut self) -> Result<proto::Reply> {
-        self.set_waiting(true);
-        let reply = proto::read_reply(&mut self.reader, &mut self.buf);
-        self.set_waiting(false);
-        reply.map_err(|e| {
-            Error::Receiver(if self.timed_out() {
-                "the receiver did not answer in time".to_owned()
-            } else {
-                format!("bad reply from the receiver: {e}")
-            })
-        })
+        let mut notices = 0;
+        loop {
+            self.set_waiting(true);
+            let reply = proto::read_reply(&mut self.reader, &mut self.buf);
+            self.set_waiting(false);
+            match reply {
+                // One notice per request: a second would be a peer stalling on purpose.
+                Ok(proto::Reply::Waiting { holder }) if notices == 0 => {
+                    notices += 1;
+                    crate::output::stderr_line(format_args!(
+                        "the backup qube is busy with {}",
+                        crate::output::outside(&holder)
+                    ));
+                }
+                Ok(proto::Reply::Waiting { .. }) => {
+                    return Err(Error::Receiver(
+                        "the receiver said twice that it waits for its lock".into(),
+                    ))
+                }
+                Ok(r) => return Ok(r),
+                Err(e) => {
+                    return Err(Error::Receiver(if self.timed_out() {
+                        "the receiver did not answer in time".to_owned()
+                    } else {
+                        format!("bad reply from the receiver: {e}")
+                    }))
+                }
+            }
+        }
     }
 
     /// Where data frames go (the pump writes them directly, bypassing the request buffer's

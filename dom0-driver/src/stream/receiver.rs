@@ -117,6 +117,7 @@ pub(crate) fn reply_name(r: &proto::Reply) -> &'static str {
         proto::Reply::Receive(_) => "a receive result",
         proto::Reply::Aborted { .. } => "an abort confirmation",
         proto::Reply::Error(_) => "an error",
+        proto::Reply::Waiting { .. } => "a lock notice",
     }
 }
 

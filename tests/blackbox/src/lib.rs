@@ -86,7 +86,18 @@ impl FakeSystem {
             "QZB_FAKE_AGENT",
             bin("qubes-zfs-backup-receiver").display().to_string(),
         );
+        // The agent's receive lock, per test: tests running at once must not wait for each
+        // other's receives.
+        sys.set_fake_env(
+            "QUBES_ZFS_BACKUP_RECEIVE_LOCK",
+            sys.receive_lock().display().to_string(),
+        );
         sys
+    }
+
+    /// Where this system's receiver agent keeps its receive lock.
+    pub fn receive_lock(&self) -> PathBuf {
+        self.dir.join("receive.lock")
     }
 
     /// Sets a variable for every fake tool the driver runs from now on (fault injection:
@@ -100,7 +111,7 @@ impl FakeSystem {
     /// Back to the fakes' plain settings: no faults, the real receiver agent.
     pub fn reset_fake_env(&self) {
         let mut env = self.fake_env.lock().expect("fake env");
-        env.retain(|k, _| k == "QZB_FAKE_ROOT");
+        env.retain(|k, _| k == "QZB_FAKE_ROOT" || k == "QUBES_ZFS_BACKUP_RECEIVE_LOCK");
         env.insert(
             "QZB_FAKE_AGENT".into(),
             bin("qubes-zfs-backup-receiver").display().to_string(),

@@ -394,7 +394,11 @@ fn a_wrong_protocol_version_in_the_hello_is_named() {
     expect_error(
         &run,
         7,
-        "handshake with the receiver agent failed: protocol version mismatch: we speak version 1, the peer speaks version 2",
+        &format!(
+            "handshake with the receiver agent failed: protocol version mismatch: we speak version {}, the peer speaks version {}",
+            proto::PROTOCOL_VERSION,
+            proto::PROTOCOL_VERSION + 1
+        ),
     );
     assert_refused_before_sending(&sys);
 }
@@ -1356,13 +1360,17 @@ fn the_agent_refuses_a_wrong_hello() {
     let then = |hello: Vec<u8>| [hello, request.clone()].concat();
     for (what, input, text) in [
         (
-            "version 2",
-            then(hello_with(2, proto::Role::Driver)),
-            "protocol version mismatch: we speak version 1, the peer speaks version 2",
+            "a newer version",
+            then(hello_with(proto::PROTOCOL_VERSION + 1, proto::Role::Driver)),
+            &*format!(
+                "protocol version mismatch: we speak version {}, the peer speaks version {}",
+                proto::PROTOCOL_VERSION,
+                proto::PROTOCOL_VERSION + 1
+            ),
         ),
         (
             "the receiver's role",
-            then(hello_with(1, proto::Role::Receiver)),
+            then(hello_with(proto::PROTOCOL_VERSION, proto::Role::Receiver)),
             "peer hello does not come from a Driver",
         ),
         (

@@ -710,3 +710,44 @@ fn import_replace_keeps_what_was_sent_and_the_next_send_just_works() {
     run.expect(0);
     sys.driver(&["verify", "shared"]).expect(0);
 }
+
+#[test]
+fn a_busy_backup_qube_says_at_once_who_holds_it_and_the_send_goes_on_after() {
+    use std::io::{BufRead, Write};
+    let sys = setup(false);
+    // Another session holds the agent's receive lock, as a running backup would.
+    let mut lock = std::fs::File::create(sys.receive_lock()).unwrap();
+    lock.lock().unwrap();
+    lock.write_all(b"a receive of backuppool/other@x (agent pid 1)")
+        .unwrap();
+    let mut child = sys
+        .driver_command(&["send", "shared"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        assert_ne!(
+            stderr.read_line(&mut line).unwrap(),
+            0,
+            "no notice:\n{seen}"
+        );
+        seen.push_str(&line);
+        if line.starts_with("the backup qube is busy with ") {
+            assert!(
+                line.contains("a receive of backuppool/other@x (agent pid 1); waiting up to"),
+                "{line}"
+            );
+            break;
+        }
+    }
+    // The other session ends; this one takes the lock and finishes.
+    lock.unlock().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0), "{seen}{rest}");
+    assert_eq!(states(&sys), ["done", "done", "done"]);
+}

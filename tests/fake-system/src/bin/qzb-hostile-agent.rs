@@ -160,7 +160,7 @@ impl Agent {
             "hello-version" | "hello-role" => {
                 let hello = proto::Hello {
                     version: if self.mode == "hello-version" {
-                        2
+                        proto::PROTOCOL_VERSION + 1
                     } else {
                         proto::PROTOCOL_VERSION
                     },
