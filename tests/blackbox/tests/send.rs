@@ -166,6 +166,9 @@ fn a_failed_zfs_send_leaves_partial_state_and_the_next_send_resumes_it() {
     );
     // This tool's instruction, never zfs's own ("run zfs send -t <token>"), on readable lines.
     assert!(!run.stderr.contains("zfs send -t"), "{}", run.stderr);
+    let status = sys.driver(&["status", "shared"]);
+    assert!(!status.stdout.contains("zfs send -t"), "{}", status.stdout);
+    assert!(status.stdout.contains("last error:"), "{}", status.stdout);
     assert!(
         run.stderr.lines().all(|l| l.chars().count() < 700),
         "{}",
@@ -750,4 +753,25 @@ fn a_busy_backup_qube_says_at_once_who_holds_it_and_the_send_goes_on_after() {
     std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
     assert_eq!(child.wait().unwrap().code(), Some(0), "{seen}{rest}");
     assert_eq!(states(&sys), ["done", "done", "done"]);
+}
+
+#[test]
+fn a_hung_local_zfs_is_stopped_at_the_tool_timeout_and_named() {
+    let sys = setup(false);
+    // A `zfs` that never answers, first on PATH (the fakes' own directory).
+    let zfs = sys.bin.join("zfs");
+    std::fs::remove_file(&zfs).unwrap();
+    std::fs::write(&zfs, "#!/bin/sh\nexec sleep 600\n").unwrap();
+    let mut perms = std::fs::metadata(&zfs).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&zfs, perms).unwrap();
+    let run = sys.driver(&["--tool-timeout", "1", "status", "shared"]);
+    run.expect(0); // status reads only dom0's state files
+    let run = sys.driver(&["--tool-timeout", "1", "send", "shared"]);
+    run.expect(5);
+    assert!(
+        run.stderr.contains("`zfs list -H -p -t all -o name,type,origin,createtxg,guid` did not finish within 1 s and was stopped (a hung system tool; the bound is --tool-timeout)"),
+        "{}",
+        run.stderr
+    );
 }
