@@ -9,11 +9,13 @@
 //! The crate does no process or file I/O; it only reads and writes `std::io` streams.
 #![forbid(unsafe_code)]
 
+pub mod bounded;
 pub mod frame;
 pub mod messages;
 pub mod names;
 pub mod token;
 
+pub use bounded::read_bounded;
 pub use frame::{
     expect_hello, read_frame, read_frame_required, send_hello, write_frame, EndFrame, FrameKind,
     Hello, ProtocolError, Role, StreamFramer, StreamVerifier, DATA_FRAME_PREFIX_LEN,

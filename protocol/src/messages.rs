@@ -409,34 +409,53 @@ pub fn encode_reply(reply: &Reply) -> Result<Vec<u8>, ProtocolError> {
     encode(reply, MAX_REPLY_PAYLOAD)
 }
 
-/// Decodes and validates a request payload; trailing bytes are an error.
-pub fn decode_request(bytes: &[u8]) -> Result<Request, ProtocolError> {
-    let config = bincode::config::standard().with_limit::<{ MAX_REQUEST_PAYLOAD }>();
-    let (request, used): (Request, usize) = bincode::decode_from_slice(bytes, config)
+/// A message that checks its own rules after decoding.
+trait Validated: Sized {
+    /// What it is, for the trailing-bytes message.
+    const WHAT: &'static str;
+    fn validate(&self) -> Result<(), String>;
+}
+
+impl Validated for Request {
+    const WHAT: &'static str = "request";
+    fn validate(&self) -> Result<(), String> {
+        Request::validate(self)
+    }
+}
+
+impl Validated for Reply {
+    const WHAT: &'static str = "reply";
+    fn validate(&self) -> Result<(), String> {
+        Reply::validate(self)
+    }
+}
+
+/// Decodes (at most `LIMIT` bytes' worth) and validates a message; trailing bytes are an error.
+fn decode_checked<T: Validated + bincode::Decode<()>, const LIMIT: usize>(
+    bytes: &[u8],
+) -> Result<T, ProtocolError> {
+    let config = bincode::config::standard().with_limit::<LIMIT>();
+    let (message, used): (T, usize) = bincode::decode_from_slice(bytes, config)
         .map_err(|e| ProtocolError::Decode(e.to_string()))?;
     if used != bytes.len() {
         return Err(ProtocolError::Decode(format!(
-            "{} trailing bytes after the request",
-            bytes.len() - used
+            "{} trailing bytes after the {}",
+            bytes.len() - used,
+            T::WHAT
         )));
     }
-    request.validate().map_err(ProtocolError::InvalidMessage)?;
-    Ok(request)
+    message.validate().map_err(ProtocolError::InvalidMessage)?;
+    Ok(message)
+}
+
+/// Decodes and validates a request payload; trailing bytes are an error.
+pub fn decode_request(bytes: &[u8]) -> Result<Request, ProtocolError> {
+    decode_checked::<Request, { MAX_REQUEST_PAYLOAD }>(bytes)
 }
 
 /// Decodes and validates a reply payload; trailing bytes are an error.
 pub fn decode_reply(bytes: &[u8]) -> Result<Reply, ProtocolError> {
-    let config = bincode::config::standard().with_limit::<{ MAX_REPLY_PAYLOAD }>();
-    let (reply, used): (Reply, usize) = bincode::decode_from_slice(bytes, config)
-        .map_err(|e| ProtocolError::Decode(e.to_string()))?;
-    if used != bytes.len() {
-        return Err(ProtocolError::Decode(format!(
-            "{} trailing bytes after the reply",
-            bytes.len() - used
-        )));
-    }
-    reply.validate().map_err(ProtocolError::InvalidMessage)?;
-    Ok(reply)
+    decode_checked::<Reply, { MAX_REPLY_PAYLOAD }>(bytes)
 }
 
 pub fn write_request<W: Write + ?Sized>(

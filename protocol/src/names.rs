@@ -388,33 +388,44 @@ fn check_combined(dataset: &DatasetName, label: &SnapLabel) -> Result<(), NameEr
     Ok(())
 }
 
-/// A snapshot name `dataset@label`, at most 255 bytes in all.
+/// `dataset<SEP>label`: a snapshot (`@`) or a bookmark (`#`) of a dataset, at most 255 bytes
+/// in all. One type for both, so they cannot drift apart.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[cfg_attr(
     feature = "serde",
     derive(serde::Serialize, serde::Deserialize),
     serde(try_from = "String", into = "String")
 )]
-pub struct SnapshotName {
+pub struct PointName<const SEP: char> {
     dataset: DatasetName,
     label: SnapLabel,
     full: String,
 }
 
-impl SnapshotName {
-    /// `dataset@label`, refused if the whole name would be longer than ZFS allows.
+/// A snapshot name `dataset@label`.
+pub type SnapshotName = PointName<'@'>;
+/// A bookmark name `dataset#label`.
+pub type BookmarkName = PointName<'#'>;
+
+impl<const SEP: char> PointName<SEP> {
+    /// `dataset@label` (or `#`), refused if the whole name would be longer than ZFS allows.
     pub fn new(dataset: DatasetName, label: SnapLabel) -> Result<Self, NameError> {
         check_combined(&dataset, &label)?;
-        let full = format!("{}@{}", dataset.0, label.0);
-        Ok(SnapshotName {
+        let full = format!("{}{SEP}{}", dataset.0, label.0);
+        Ok(PointName {
             dataset,
             label,
             full,
         })
     }
 
-    /// Parses `pool/ds@label`.
+    /// Parses `pool/ds@label` (or `pool/ds#label`).
     pub fn parse(name: &str) -> Result<Self, NameError> {
+        let wrong_kind = if SEP == '@' {
+            NameError::NotASnapshot
+        } else {
+            NameError::NotABookmark
+        };
         if name.is_empty() {
             return Err(NameError::Empty);
         }
@@ -424,99 +435,51 @@ impl SnapshotName {
                 max: MAX_NAME_LEN,
             });
         }
-        let (dataset, label) = name.split_once('@').ok_or(NameError::NotASnapshot)?;
+        let (dataset, label) = name.split_once(SEP).ok_or(wrong_kind.clone())?;
         let dataset = DatasetName::parse(dataset)?;
-        let label = SnapLabel::parse(label)?;
-        SnapshotName::new(dataset, label)
+        let label = match SnapLabel::parse(label) {
+            Err(NameError::BadChar { ch }) if ch == SEP => return Err(wrong_kind),
+            other => other?,
+        };
+        PointName::new(dataset, label)
     }
 
     pub fn as_str(&self) -> &str {
         &self.full
     }
 
-    /// The dataset part (before `@`).
+    /// The dataset part (before the separator).
     pub fn dataset(&self) -> &DatasetName {
         &self.dataset
     }
 
-    /// The part after `@`.
+    /// The part after the separator.
     pub fn label(&self) -> &SnapLabel {
         &self.label
     }
 
-    /// True if the snapshot's dataset is strictly under `root`.
+    /// True if the dataset is strictly under `root`.
     pub fn is_strictly_under(&self, root: impl AsRef<str>) -> bool {
         self.dataset.is_strictly_under(root)
     }
 }
 
-impl fmt::Display for SnapshotName {
+impl<const SEP: char> fmt::Display for PointName<SEP> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.full)
     }
 }
 
-/// A bookmark name `dataset#label`, at most 255 bytes in all.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[cfg_attr(
-    feature = "serde",
-    derive(serde::Serialize, serde::Deserialize),
-    serde(try_from = "String", into = "String")
-)]
-pub struct BookmarkName {
-    dataset: DatasetName,
-    label: SnapLabel,
-    full: String,
-}
-
-impl BookmarkName {
-    /// `dataset#label`, refused if the whole name would be longer than ZFS allows.
-    pub fn new(dataset: DatasetName, label: SnapLabel) -> Result<Self, NameError> {
-        check_combined(&dataset, &label)?;
-        let full = format!("{}#{}", dataset.0, label.0);
-        Ok(BookmarkName {
-            dataset,
-            label,
-            full,
-        })
-    }
-
-    /// Parses `pool/ds#label`.
-    pub fn parse(name: &str) -> Result<Self, NameError> {
-        if name.is_empty() {
-            return Err(NameError::Empty);
-        }
-        if name.len() > MAX_NAME_LEN {
-            return Err(NameError::TooLong {
-                len: name.len(),
-                max: MAX_NAME_LEN,
-            });
-        }
-        let (dataset, label) = name.split_once('#').ok_or(NameError::NotABookmark)?;
-        let dataset = DatasetName::parse(dataset)?;
-        let label = match SnapLabel::parse(label) {
-            Err(NameError::BadChar { ch: '#' }) => return Err(NameError::NotABookmark),
-            other => other?,
-        };
-        BookmarkName::new(dataset, label)
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.full
-    }
-
-    pub fn dataset(&self) -> &DatasetName {
-        &self.dataset
-    }
-
-    pub fn label(&self) -> &SnapLabel {
-        &self.label
+impl<const SEP: char> TryFrom<String> for PointName<SEP> {
+    type Error = NameError;
+    fn try_from(s: String) -> Result<Self, NameError> {
+        PointName::parse(&s)
     }
 }
 
-impl fmt::Display for BookmarkName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.full)
+impl<const SEP: char> From<PointName<SEP>> for String {
+    fn from(n: PointName<SEP>) -> String {
+        n.full
     }
 }
 
@@ -588,8 +551,6 @@ macro_rules! string_conversions {
 string_conversions!(
     DatasetName => |n| n.0,
     SnapLabel => |n| n.0,
-    SnapshotName => |n| n.full,
-    BookmarkName => |n| n.full,
     QubeName => |n| n.0,
 );
 

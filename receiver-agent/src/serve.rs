@@ -305,6 +305,21 @@ fn creates_new_dataset(req: &ReceiveRequest) -> bool {
     }
 }
 
+/// The destination holds an interrupted receive: the driver must resume it (its token goes
+/// back) or abort it, never start another stream over it.
+fn partial_state_present(req: &ReceiveRequest, token: String) -> ReceiveFailure {
+    ReceiveFailure {
+        resume_token: Some(token),
+        ..failure(
+            ErrorClass::PartialStatePresent,
+            format!(
+                "{} holds partial state of an interrupted receive: resume or abort it",
+                req.destination
+            ),
+        )
+    }
+}
+
 /// Checks everything that can be checked before `zfs receive` starts, so the common mistakes
 /// get a precise answer instead of a libzfs message.
 fn precheck(zfs: &dyn Zfs, req: &ReceiveRequest) -> Result<(), ReceiveFailure> {
@@ -327,16 +342,7 @@ fn precheck(zfs: &dyn Zfs, req: &ReceiveRequest) -> Result<(), ReceiveFailure> {
     if creates_new_dataset(req) && zfs.dataset_exists(&req.destination).map_err(zfs_err)? {
         let partial = zfs.resume_token(&req.destination).map_err(zfs_err)?;
         return Err(match partial {
-            Some(token) => ReceiveFailure {
-                resume_token: Some(token),
-                ..failure(
-                    ErrorClass::PartialStatePresent,
-                    format!(
-                        "{} holds partial state of an interrupted receive: resume or abort it",
-                        req.destination
-                    ),
-                )
-            },
+            Some(token) => partial_state_present(req, token),
             None => failure(
                 ErrorClass::DestinationExists,
                 format!("{} already exists on the receiver", req.destination),
@@ -365,16 +371,7 @@ fn precheck(zfs: &dyn Zfs, req: &ReceiveRequest) -> Result<(), ReceiveFailure> {
             let inv = zfs.inventory(&req.destination).map_err(zfs_err)?;
             let dest = inv.datasets.iter().find(|d| d.name == req.destination);
             if let Some(token) = dest.and_then(|d| d.receive_resume_token.clone()) {
-                return Err(ReceiveFailure {
-                    resume_token: Some(token),
-                    ..failure(
-                        ErrorClass::PartialStatePresent,
-                        format!(
-                            "{} holds partial state of an interrupted receive: resume or abort it",
-                            req.destination
-                        ),
-                    )
-                });
+                return Err(partial_state_present(req, token));
             }
             let newest = dest.and_then(|d| d.snapshots.last());
             if let Some(newest) = newest.filter(|s| s.name != *from) {

@@ -6,7 +6,7 @@
 //! thread with a bound so a chatty child can never deadlock us.
 
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io::{Read, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::thread::{self, JoinHandle};
 
@@ -119,22 +119,9 @@ pub trait Zfs {
 
 /// Reads `reader` to the end on a thread, keeping at most `cap` bytes; the rest is drained so
 /// the writer never blocks on a full pipe.
-pub fn capture_bounded<R: Read + Send + 'static>(mut reader: R, cap: usize) -> JoinHandle<String> {
+pub fn capture_bounded<R: Read + Send + 'static>(reader: R, cap: usize) -> JoinHandle<String> {
     thread::spawn(move || {
-        let mut kept = Vec::new();
-        let mut chunk = [0u8; 8192];
-        loop {
-            match reader.read(&mut chunk) {
-                Ok(0) => break,
-                Ok(n) => {
-                    let room = cap.saturating_sub(kept.len());
-                    kept.extend_from_slice(&chunk[..n.min(room)]);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => break,
-            }
-        }
-        String::from_utf8_lossy(&kept).into_owned()
+        String::from_utf8_lossy(&qzb_protocol::read_bounded(reader, cap)).into_owned()
     })
 }
 
@@ -567,7 +554,9 @@ mod tests {
     #[test]
     fn bounded_capture_keeps_the_limit_and_drains_the_rest() {
         let data = vec![b'x'; 100_000];
-        let kept = capture_bounded(io::Cursor::new(data), 1000).join().unwrap();
+        let kept = capture_bounded(std::io::Cursor::new(data), 1000)
+            .join()
+            .unwrap();
         assert_eq!(kept.len(), 1000);
     }
 }

@@ -10,7 +10,7 @@ use crate::state::{SnapshotState, Store};
 use crate::stream::calc::receiver_checks;
 use crate::stream::estimate::stream_size;
 use crate::stream::qrexec::{check_policy, Connect};
-use crate::system::inventory::{self, Inventory};
+use crate::system::inventory;
 use crate::system::runner::Runner;
 
 pub fn calc(
@@ -24,10 +24,7 @@ pub fn calc(
     let mut state = store.load(name)?;
     // A policy that refuses the receiver makes the whole estimate moot: say so before it.
     check_policy(runner, state.config()?.receiver_qube.as_str())?;
-    let inv = Inventory {
-        zfs: inventory::collect_zfs(runner)?,
-        ..Default::default()
-    };
+    let inv = inventory::collect_zfs_only(runner)?;
     refresh_snapshots(&mut state, &inv)?;
     let mut warnings = Vec::new();
     let mut missing = 0usize;

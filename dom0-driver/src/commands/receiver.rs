@@ -7,7 +7,7 @@ use crate::state::Store;
 use crate::stream;
 use crate::stream::progress::Mode;
 use crate::stream::qrexec::Connect;
-use crate::system::inventory::{self, Inventory};
+use crate::system::inventory;
 use crate::system::runner::Runner;
 
 /// `send NAME`: every target that is not done, resuming interrupted ones.
@@ -21,10 +21,7 @@ pub fn send(
     let _lock = store.lock(name)?;
     let mut state = store.load(name)?;
     let config = state.config()?;
-    let inv = Inventory {
-        zfs: inventory::collect_zfs(runner)?,
-        ..Default::default()
-    };
+    let inv = inventory::collect_zfs_only(runner)?;
     refresh_snapshots(&mut state, &inv)?;
     store.save(&state)?;
     let opts = stream::send::SendOptions {

@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use crate::output::report;
 use crate::output::Style;
 use crate::state::{SnapshotState, Store};
-use crate::system::inventory::{self, Inventory};
+use crate::system::inventory;
 use crate::system::runner::{Runner, ToolError};
 
 pub fn snapshot(store: &Store, runner: &dyn Runner, name: &str) -> Result<()> {
@@ -56,10 +56,7 @@ pub fn snapshot(store: &Store, runner: &dyn Runner, name: &str) -> Result<()> {
         }
     }
     // Read back what now exists, with the new snapshots' guids.
-    let after = Inventory {
-        zfs: inventory::collect_zfs(runner)?,
-        ..Default::default()
-    };
+    let after = inventory::collect_zfs_only(runner)?;
     let created: std::collections::HashSet<_> = decision
         .create
         .iter()

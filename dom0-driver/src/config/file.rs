@@ -27,7 +27,7 @@ pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 /// driver has no libc dependency; std exposes no constant for it. dom0 is x86-64. Only the
 /// architectures where the generic value applies get it; on others the flag is left out and the
 /// type check before `open` is what keeps a FIFO from being opened.
-#[cfg(all(
+const O_NONBLOCK: i32 = if cfg!(all(
     target_os = "linux",
     any(
         target_arch = "x86",
@@ -39,22 +39,11 @@ pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
         target_arch = "powerpc64",
         target_arch = "s390x"
     )
-))]
-const O_NONBLOCK: i32 = 0o4000;
-#[cfg(not(all(
-    target_os = "linux",
-    any(
-        target_arch = "x86",
-        target_arch = "x86_64",
-        target_arch = "arm",
-        target_arch = "aarch64",
-        target_arch = "riscv64",
-        target_arch = "powerpc",
-        target_arch = "powerpc64",
-        target_arch = "s390x"
-    )
-)))]
-const O_NONBLOCK: i32 = 0;
+)) {
+    0o4000
+} else {
+    0
+};
 
 /// Reads the config at `path` as UTF-8 text, refusing anything but a regular file of at most
 /// [`MAX_CONFIG_BYTES`]. A missing file is `ConfigFile { not_found: true }` (exit code 4),

@@ -56,22 +56,14 @@ pub fn check_text(config: &Config, plan: &Plan, already_imported: bool, style: S
         list(&mut o, c.unreferenced.iter().map(|d| d.to_string()), "-");
     }
     o.push_str("\nAdditionally:\n");
-    o.push_str(&format!(
-        "{} datasets have been automatically ignored by the program's built-in rules (hidden datasets, disposables).\n",
-        c.auto_ignored
-    ));
-    o.push_str(&format!(
-        "{} datasets have been implicitly ignored based on the user's designating groups.\n",
-        c.implicitly_ignored
-    ));
-    o.push_str(&format!(
-        "{} are not being shown because they are descendant datasets belonging to designations already shown above.\n",
-        c.not_shown
-    ));
-    o.push_str(&format!(
-        "{} datasets inside included designations are left out by built-in rules (transient volumes such as volatile and AppVM root, hidden datasets, disposables).\n",
-        c.excluded_inside_included
-    ));
+    for (count, what) in [
+        (c.auto_ignored, "datasets have been automatically ignored by the program's built-in rules (hidden datasets, disposables)."),
+        (c.implicitly_ignored, "datasets have been implicitly ignored based on the user's designating groups."),
+        (c.not_shown, "are not being shown because they are descendant datasets belonging to designations already shown above."),
+        (c.excluded_inside_included, "datasets inside included designations are left out by built-in rules (transient volumes such as volatile and AppVM root, hidden datasets, disposables)."),
+    ] {
+        o.push_str(&format!("{count} {what}\n"));
+    }
 
     o.push_str(&format!(
         "\nBackup targets, in send order ({}):\n",

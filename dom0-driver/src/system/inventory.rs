@@ -319,6 +319,14 @@ pub fn qube_state(runner: &dyn Runner, name: &str) -> Result<Option<String>, Too
         .map(|(_, _, s)| s))
 }
 
+/// The inventory with ZFS only (what every command after `import` needs).
+pub fn collect_zfs_only(runner: &dyn Runner) -> Result<Inventory, ToolError> {
+    Ok(Inventory {
+        zfs: collect_zfs(runner)?,
+        ..Default::default()
+    })
+}
+
 pub fn collect_zfs(runner: &dyn Runner) -> Result<ZfsInventory, ToolError> {
     let raw = runner.run("zfs", &ZFS_LIST_ARGS)?;
     let text = String::from_utf8(raw).map_err(|_| {

@@ -363,32 +363,15 @@ pub struct StderrTail(JoinHandle<Vec<u8>>);
 
 impl StderrTail {
     pub fn drain(reader: impl Read + Send + 'static) -> Self {
-        StderrTail(std::thread::spawn(move || read_bounded(reader, MAX_STDERR)))
+        StderrTail(std::thread::spawn(move || {
+            qzb_protocol::read_bounded(reader, MAX_STDERR)
+        }))
     }
 
     /// What was read (waits for EOF: call after the child ended).
     pub fn finish(self) -> Vec<u8> {
         self.0.join().unwrap_or_default()
     }
-}
-
-/// Reads `r` to its end, keeping the first `max` bytes. Interrupted reads are retried; any
-/// other error ends the reading (what was kept is returned).
-pub fn read_bounded(mut r: impl Read, max: usize) -> Vec<u8> {
-    let mut kept = Vec::new();
-    let mut buf = [0u8; 8192];
-    loop {
-        match r.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                let room = max.saturating_sub(kept.len());
-                kept.extend_from_slice(&buf[..n.min(room)]);
-            }
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(_) => break,
-        }
-    }
-    kept
 }
 
 fn read_to_end_retrying(mut r: impl Read, out: &mut Vec<u8>) -> std::io::Result<()> {
