@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod classify;
+mod lock;
 pub mod memory;
 mod serve;
 pub mod zfs;

@@ -5,6 +5,7 @@ use crate::config;
 use crate::system::inventory::{
     Dataset, Pool, Qube, QubesInventory, Snapshot, Volume, ZfsInventory,
 };
+use std::collections::BTreeMap;
 
 fn vol(name: &str, pool: &str, vid: &str, save: bool) -> Volume {
     Volume {
