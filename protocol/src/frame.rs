@@ -49,6 +49,17 @@ pub enum FrameKind {
 }
 
 impl FrameKind {
+    /// Its name, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            FrameKind::Hello => "hello",
+            FrameKind::Request => "request",
+            FrameKind::Reply => "reply",
+            FrameKind::Data => "data",
+            FrameKind::End => "end",
+        }
+    }
+
     pub fn from_wire(value: u32) -> Option<FrameKind> {
         Some(match value {
             1 => FrameKind::Hello,

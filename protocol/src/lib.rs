@@ -13,6 +13,7 @@ pub mod bounded;
 pub mod frame;
 pub mod messages;
 pub mod names;
+pub mod text;
 pub mod token;
 
 pub use bounded::read_bounded;

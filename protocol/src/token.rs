@@ -26,6 +26,7 @@
 
 mod nvlist;
 
+use crate::text::quoted;
 use std::fmt;
 
 use crate::messages::MAX_RESUME_TOKEN_LEN;
@@ -85,7 +86,7 @@ impl fmt::Display for TokenError {
             ),
             TokenError::BadFormat(why) => write!(f, "resume token is malformed: {why}"),
             TokenError::UnsupportedVersion(v) => {
-                write!(f, "resume token version {v:?} is not supported (only 1)")
+                write!(f, "resume token version {} is not supported (only 1)", quoted(v))
             }
             TokenError::BadChecksum { expected, actual } => write!(
                 f,
@@ -101,9 +102,11 @@ impl fmt::Display for TokenError {
                 "resume token payload decompresses to {actual} bytes, header says {expected}"
             ),
             TokenError::BadNvlist(why) => write!(f, "resume token nvlist is malformed: {why}"),
-            TokenError::MissingField(name) => write!(f, "resume token lacks field {name:?}"),
+            TokenError::MissingField(name) => {
+                write!(f, "resume token lacks field {}", quoted(name))
+            }
             TokenError::UnknownField(name) => {
-                write!(f, "resume token has unknown or mistyped field {name:?}")
+                write!(f, "resume token has unknown or mistyped field {}", quoted(name))
             }
             TokenError::BadName(why) => write!(f, "resume token toname is invalid: {why}"),
         }

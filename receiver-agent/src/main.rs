@@ -23,8 +23,9 @@ fn main() -> ExitCode {
         Ok(caller) if caller == "dom0" => {}
         Ok(caller) => {
             eprintln!(
-                "{NAME}: refusing call from {caller:?}: only dom0 may call zfsbackup.Receive \
-                 (check the qrexec policy)"
+                "{NAME}: refusing call from {}: only dom0 may call zfsbackup.Receive \
+                 (check the qrexec policy)",
+                qzb_protocol::text::quoted(&caller)
             );
             return ExitCode::from(3);
         }

@@ -413,7 +413,7 @@ fn read_and_verify<R: Read>(
             },
             Ok(Some(other)) => Checked::Stopped {
                 class: ErrorClass::ProtocolViolation,
-                message: format!("unexpected {other:?} frame inside a data stream"),
+                message: format!("unexpected {} frame inside a data stream", other.name()),
             },
             Ok(None) => Checked::Stopped {
                 class: ErrorClass::StreamInterrupted,

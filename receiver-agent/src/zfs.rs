@@ -5,6 +5,7 @@
 //! (those carry the protocol), `LC_ALL=C` so stderr can be classified, and stderr read on a
 //! thread with a bound so a chatty child can never deadlock us.
 
+use qzb_protocol::text::quoted;
 use std::fmt;
 use std::io::{Read, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -253,9 +254,13 @@ fn strings(args: &[&str]) -> Vec<String> {
 }
 
 fn parse_u64(field: &str, what: &str, line: &str) -> Result<u64, String> {
-    field
-        .parse()
-        .map_err(|_| format!("bad {what} {field:?} in zfs output line {line:?}"))
+    field.parse().map_err(|_| {
+        format!(
+            "bad {what} {} in zfs output line {}",
+            quoted(field),
+            quoted(line)
+        )
+    })
 }
 
 /// Parses `zfs list -H -p -o name,type,guid,receive_resume_token,available` and
@@ -275,16 +280,19 @@ pub fn parse_inventory(
     for line in datasets_out.lines().filter(|l| !l.is_empty()) {
         let fields: Vec<&str> = line.split('\t').collect();
         let [name, kind, guid, token, available] = fields[..] else {
-            return Err(format!("unexpected zfs list line {line:?}"));
+            return Err(format!("unexpected zfs list line {}", quoted(line)));
         };
         let Ok(name) = DatasetName::parse(name) else {
-            eprintln!("qubes-zfs-backup-receiver: skipping dataset with unusable name {name:?}");
+            eprintln!(
+                "qubes-zfs-backup-receiver: skipping dataset with unusable name {}",
+                quoted(name)
+            );
             continue;
         };
         let kind = match kind {
             "filesystem" => DatasetKind::Filesystem,
             "volume" => DatasetKind::Volume,
-            _ => return Err(format!("unexpected dataset type in {line:?}")),
+            _ => return Err(format!("unexpected dataset type in {}", quoted(line))),
         };
         if name == *root {
             found_root = true;
@@ -306,10 +314,13 @@ pub fn parse_inventory(
     for line in snapshots_out.lines().filter(|l| !l.is_empty()) {
         let fields: Vec<&str> = line.split('\t').collect();
         let [name, guid, createtxg] = fields[..] else {
-            return Err(format!("unexpected zfs list line {line:?}"));
+            return Err(format!("unexpected zfs list line {}", quoted(line)));
         };
         let Ok(name) = SnapshotName::parse(name) else {
-            eprintln!("qubes-zfs-backup-receiver: skipping snapshot with unusable name {name:?}");
+            eprintln!(
+                "qubes-zfs-backup-receiver: skipping snapshot with unusable name {}",
+                quoted(name)
+            );
             continue;
         };
         let info = SnapshotInfo {
@@ -394,7 +405,7 @@ impl Zfs for SystemZfs {
             None => Ok(None),
             Some(v) => v.parse().map(Some).map_err(|_| ZfsError {
                 action: format!("zfs get guid {snapshot}"),
-                detail: format!("unexpected value {v:?}"),
+                detail: format!("unexpected value {}", quoted(&v)),
                 stderr: String::new(),
             }),
         }

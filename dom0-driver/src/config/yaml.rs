@@ -205,7 +205,7 @@ impl<'a> Builder<'a> {
                 other => {
                     return Err(YamlError {
                         pos: span.into(),
-                        message: format!("unexpected YAML event {other:?}"),
+                        message: format!("unexpected YAML structure ({})", event_name(&other)),
                     })
                 }
             }
@@ -322,7 +322,7 @@ impl<'a> Builder<'a> {
             },
             other => Err(YamlError {
                 pos,
-                message: format!("unexpected YAML event {other:?}"),
+                message: format!("unexpected YAML structure ({})", event_name(&other)),
             }),
         }
     }
@@ -347,6 +347,23 @@ impl<'a> Builder<'a> {
 }
 
 /// The parser guarantees balanced events; this is only reached if that promise breaks.
+/// What a YAML event is, in words, for the rare message about structure the reader cannot use.
+fn event_name(e: &Event) -> &'static str {
+    match e {
+        Event::Nothing => "nothing",
+        Event::StreamStart => "the start of the stream",
+        Event::StreamEnd => "the end of the stream",
+        Event::DocumentStart(_) => "a new document",
+        Event::DocumentEnd => "the end of a document",
+        Event::Alias(_) => "an alias",
+        Event::Scalar(..) => "a scalar",
+        Event::SequenceStart(..) => "a list",
+        Event::SequenceEnd => "the end of a list",
+        Event::MappingStart(..) => "a mapping",
+        Event::MappingEnd => "the end of a mapping",
+    }
+}
+
 fn unreachable_structure() -> ! {
     panic!("YAML parser produced unbalanced events")
 }

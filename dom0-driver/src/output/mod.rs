@@ -67,34 +67,7 @@ pub fn sanitize(s: &str) -> String {
 /// message shows.
 pub const OUTSIDE_TEXT_MAX: usize = 1000;
 
-/// Text from outside dom0 (a tool or the backup qube) made safe to show inside one of our
-/// lines: every control character, newline included, is escaped (so it can neither rewrite
-/// the terminal nor start a line that looks like dom0's own output), and it is cut at `max`
-/// characters.
-pub fn one_line(s: &str, max: usize) -> String {
-    let mut out = String::new();
-    for (n, c) in s.chars().enumerate() {
-        if n == max {
-            out.push('…');
-            break;
-        }
-        match c {
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            // Controls, and the invisible format characters that reorder or hide text.
-            c if c.is_control() || is_invisible_format(c) => {
-                out.push_str(&format!("\\u{{{:x}}}", c as u32))
-            }
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-fn is_invisible_format(c: char) -> bool {
-    matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
-}
+pub use qzb_protocol::text::one_line;
 
 /// What `zfs` printed, with the advice that is wrong here taken out: zfs tells the admin to
 /// "run `zfs send -t <token>`", but with this tool the next `send NAME` resumes by itself (and
@@ -225,16 +198,12 @@ mod tests {
     }
 
     #[test]
-    fn outside_text_stays_on_one_bounded_line() {
-        assert_eq!(
-            one_line("ok\nerror: fake dom0 line\r\x1b[2J\u{202e}x", 100),
-            "ok\\nerror: fake dom0 line\\r\\u{1b}[2J\\u{202e}x"
-        );
-        assert_eq!(
-            one_line(&"y".repeat(50), 10),
-            format!("{}…", "y".repeat(10))
-        );
+    fn outside_trims_and_bounds() {
         assert_eq!(outside("  spaced\n"), "spaced");
+        assert_eq!(
+            outside(&"y".repeat(5000)).chars().count(),
+            OUTSIDE_TEXT_MAX + 1
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! little-endian (as ZFS does) and XDR.
 
 use super::{TokenError, MAX_TOKEN_ARRAY_LEN, MAX_TOKEN_FIELDS};
+use crate::text::quoted;
 
 const NV_VERSION: i32 = 0;
 const NV_UNIQUE_NAME: u32 = 1;
@@ -148,7 +149,7 @@ fn push_pair(
         return Err(bad("too many fields"));
     }
     if pairs.iter().any(|(n, _)| *n == name) {
-        return Err(bad(format!("duplicate field {name:?}")));
+        return Err(bad(format!("duplicate field {}", quoted(&name))));
     }
     pairs.push((name, value));
     Ok(())
@@ -183,7 +184,10 @@ fn parse_native(mut c: Cursor<'_>) -> Result<Vec<(String, NvValue)>, TokenError>
         let name = c_string(p.take(name_sz)?, "field name")?;
         let value_off = align8(NVPAIR_HEADER_LEN + name_sz);
         if value_off > size {
-            return Err(bad(format!("field {name:?} value lies outside its pair")));
+            return Err(bad(format!(
+                "field {} value lies outside its pair",
+                quoted(&name)
+            )));
         }
         let value = &pair[value_off..];
         let value = match (kind, nelem) {
@@ -200,16 +204,16 @@ fn parse_native(mut c: Cursor<'_>) -> Result<Vec<(String, NvValue)>, TokenError>
                 let end = value
                     .iter()
                     .position(|&b| b == 0)
-                    .ok_or_else(|| bad(format!("string {name:?} is not terminated")))?;
+                    .ok_or_else(|| bad(format!("string {} is not terminated", quoted(&name))))?;
                 if align8(end + 1) != value.len() || value[end..].iter().any(|&b| b != 0) {
-                    return Err(bad(format!("string {name:?} has a wrong size")));
+                    return Err(bad(format!("string {} has a wrong size", quoted(&name))));
                 }
                 NvValue::String(c_string(&value[..=end], "string value")?)
             }
             (DATA_TYPE_UINT64_ARRAY, n) if n >= 0 => {
                 let n = n as usize;
                 if n > MAX_TOKEN_ARRAY_LEN || value.len() != n * 8 {
-                    return Err(bad(format!("array {name:?} has a wrong size")));
+                    return Err(bad(format!("array {} has a wrong size", quoted(&name))));
                 }
                 let mut v = Cursor {
                     bytes: value,
@@ -268,14 +272,17 @@ fn parse_xdr(mut c: Cursor<'_>) -> Result<Vec<(String, NvValue)>, TokenError> {
             (DATA_TYPE_UINT64_ARRAY, n) if n >= 0 => {
                 let count = c.u32()?;
                 if count as i64 != n as i64 || count as usize > MAX_TOKEN_ARRAY_LEN {
-                    return Err(bad(format!("array {name:?} has a wrong size")));
+                    return Err(bad(format!("array {} has a wrong size", quoted(&name))));
                 }
                 NvValue::Uint64Array((0..count).map(|_| c.u64()).collect::<Result<_, _>>()?)
             }
             _ => return Err(TokenError::UnknownField(name)),
         };
         if i64::from(encoded_len) != (c.pos - start) as i64 {
-            return Err(bad(format!("field {name:?} has a wrong encoded size")));
+            return Err(bad(format!(
+                "field {} has a wrong encoded size",
+                quoted(&name)
+            )));
         }
         push_pair(&mut pairs, name, value)?;
     }

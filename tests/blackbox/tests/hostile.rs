@@ -1180,7 +1180,7 @@ fn the_agent_refuses_frames_out_of_order() {
             ]
             .concat(),
             proto::ErrorClass::ProtocolViolation,
-            "unexpected Request frame inside a data stream",
+            "unexpected request frame inside a data stream",
         ),
         (
             "a frame out of sequence",
@@ -1198,7 +1198,7 @@ fn the_agent_refuses_frames_out_of_order() {
             "a hello inside a stream",
             [data.clone(), hello()].concat(),
             proto::ErrorClass::ProtocolViolation,
-            "unexpected Hello frame inside a data stream",
+            "unexpected hello frame inside a data stream",
         ),
     ];
     for (what, frames, class, text) in cases {
@@ -1414,7 +1414,7 @@ fn the_agent_refuses_every_caller_but_dom0() {
     let run = agent_as(&sys, "work", input);
     assert_eq!(run.code, 3, "{}", run.stderr);
     assert!(
-        run.stderr.contains("refusing call from \"work\""),
+        run.stderr.contains("refusing call from 'work'"),
         "{}",
         run.stderr
     );
