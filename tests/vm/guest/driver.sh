@@ -114,7 +114,10 @@ qzb_hash_received() {
   [ "$t" = snapshot ] || qzb_fail "$snap is not a snapshot on the receiver"
   if [ "$(zfs get -H -o value type "${snap%@*}")" = volume ]; then
     zfs clone -o volmode=dev "$snap" "$clone"
-    h=$(qzb_hash_dev "$(qzb_zvol_dev "$clone")")
+    local dev
+    # No device is a harness failure, not a data difference: say which.
+    dev=$(qzb_zvol_dev "$clone") || { zfs destroy "$clone" 2>/dev/null; qzb_fail "no block device appeared for $clone"; }
+    h=$(qzb_hash_dev "$dev")
   else
     zfs clone -o canmount=on -o mountpoint="/qzb-cmp/${clone##*/}" -o readonly=on "$snap" "$clone"
     h=$(qzb_tree_digest "$(qzb_fs_path "$clone")")

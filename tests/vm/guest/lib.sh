@@ -33,7 +33,9 @@ qzb_must_fail() {
 # Waits for udev's /dev/zvol link, falls back to scanning /dev/zd* with zvol_id.
 qzb_zvol_dev() {
   local name=$1 i d
-  for i in $(seq 1 100); do
+  # Up to 60 s: on a loaded host udev can take long to make the link (20 s was seen to be too
+  # short while other builds ran).
+  for i in $(seq 1 300); do
     if [ -e "/dev/zvol/$name" ]; then readlink -f "/dev/zvol/$name"; return 0; fi
     if [ $((i % 5)) = 0 ]; then
       for d in /dev/zd*; do
@@ -43,7 +45,7 @@ qzb_zvol_dev() {
     fi
     sleep 0.2
   done
-  echo "qzb_zvol_dev: no device for zvol $name after 20s" >&2
+  echo "qzb_zvol_dev: no device for zvol $name after 60s" >&2
   return 1
 }
 
