@@ -36,7 +36,10 @@ qzb_zvol_dev() {
   # Up to 60 s: on a loaded host udev can take long to make the link (20 s was seen to be too
   # short while other builds ran).
   for i in $(seq 1 300); do
-    if [ -e "/dev/zvol/$name" ]; then readlink -f "/dev/zvol/$name"; return 0; fi
+    # The link can exist while udev replaces it: only a resolved block device counts.
+    if [ -e "/dev/zvol/$name" ] && d=$(readlink -f "/dev/zvol/$name") && [ -b "$d" ]; then
+      echo "$d"; return 0
+    fi
     if [ $((i % 5)) = 0 ]; then
       for d in /dev/zd*; do
         [[ "$d" =~ ^/dev/zd[0-9]+$ ]] || continue
