@@ -20,6 +20,21 @@
 
 use std::fmt;
 
+/// A validated name held as its text: the same derives for every kind, and (de)serialised as a
+/// string that is validated again on the way in.
+macro_rules! name_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        #[cfg_attr(
+            feature = "serde",
+            derive(serde::Serialize, serde::Deserialize),
+            serde(try_from = "String", into = "String")
+        )]
+        pub struct $name(String);
+    };
+}
+
 /// Longest dataset, snapshot or bookmark name ZFS accepts (`ZFS_MAX_DATASET_NAME_LEN` minus
 /// the NUL).
 pub const MAX_NAME_LEN: usize = 255;
@@ -212,16 +227,22 @@ fn check_pool(pool: &str) -> Result<(), NameError> {
     Ok(())
 }
 
-fn check_dataset(name: &str) -> Result<(), NameError> {
+/// Not empty (`empty` otherwise) and at most `max` bytes.
+fn check_size(name: &str, empty: NameError, max: usize) -> Result<(), NameError> {
     if name.is_empty() {
-        return Err(NameError::Empty);
+        return Err(empty);
     }
-    if name.len() > MAX_NAME_LEN {
+    if name.len() > max {
         return Err(NameError::TooLong {
             len: name.len(),
-            max: MAX_NAME_LEN,
+            max,
         });
     }
+    Ok(())
+}
+
+fn check_dataset(name: &str) -> Result<(), NameError> {
+    check_size(name, NameError::Empty, MAX_NAME_LEN)?;
     if name.starts_with('/') || name.ends_with('/') {
         return Err(NameError::LeadingOrTrailingSlash);
     }
@@ -231,14 +252,10 @@ fn check_dataset(name: &str) -> Result<(), NameError> {
     check_pool(name.split('/').next().unwrap_or(name))
 }
 
-/// A ZFS filesystem or volume name such as `mainpool/qubes/work/private`.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[cfg_attr(
-    feature = "serde",
-    derive(serde::Serialize, serde::Deserialize),
-    serde(try_from = "String", into = "String")
-)]
-pub struct DatasetName(String);
+name_type!(
+    /// A ZFS filesystem or volume name such as `mainpool/qubes/work/private`.
+    DatasetName
+);
 
 impl DatasetName {
     pub fn parse(name: &str) -> Result<Self, NameError> {
@@ -331,28 +348,16 @@ impl AsRef<str> for DatasetName {
     }
 }
 
-/// The label of a snapshot or bookmark, the part after `@` or `#` (stored without it).
-/// Displayed with its `@`, the way the config writes it.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[cfg_attr(
-    feature = "serde",
-    derive(serde::Serialize, serde::Deserialize),
-    serde(try_from = "String", into = "String")
-)]
-pub struct SnapLabel(String);
+name_type!(
+    /// The label of a snapshot or bookmark, the part after `@` or `#` (stored without it).
+    /// Displayed with its `@`, the way the config writes it.
+    SnapLabel
+);
 
 impl SnapLabel {
     /// Parses a bare label (no `@`).
     pub fn parse(label: &str) -> Result<Self, NameError> {
-        if label.is_empty() {
-            return Err(NameError::EmptyLabel);
-        }
-        if label.len() > MAX_LABEL_LEN {
-            return Err(NameError::TooLong {
-                len: label.len(),
-                max: MAX_LABEL_LEN,
-            });
-        }
+        check_size(label, NameError::EmptyLabel, MAX_LABEL_LEN)?;
         match check_component(label) {
             Err(NameError::UnexpectedDelimiter { ch: '@' }) => Err(NameError::NotASnapshot),
             Err(NameError::UnexpectedDelimiter { ch }) => Err(NameError::BadChar { ch }),
@@ -426,15 +431,7 @@ impl<const SEP: char> PointName<SEP> {
         } else {
             NameError::NotABookmark
         };
-        if name.is_empty() {
-            return Err(NameError::Empty);
-        }
-        if name.len() > MAX_NAME_LEN {
-            return Err(NameError::TooLong {
-                len: name.len(),
-                max: MAX_NAME_LEN,
-            });
-        }
+        check_size(name, NameError::Empty, MAX_NAME_LEN)?;
         let (dataset, label) = name.split_once(SEP).ok_or(wrong_kind.clone())?;
         let dataset = DatasetName::parse(dataset)?;
         let label = match SnapLabel::parse(label) {
@@ -483,15 +480,11 @@ impl<const SEP: char> From<PointName<SEP>> for String {
     }
 }
 
-/// A qube name, by Qubes' own rule: a letter, then letters, digits, `_`, `.` or `-`; at most 31
-/// characters.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[cfg_attr(
-    feature = "serde",
-    derive(serde::Serialize, serde::Deserialize),
-    serde(try_from = "String", into = "String")
-)]
-pub struct QubeName(String);
+name_type!(
+    /// A qube name, by Qubes' own rule: a letter, then letters, digits, `_`, `.` or `-`; at most 31
+    /// characters.
+    QubeName
+);
 
 impl QubeName {
     pub fn parse(name: &str) -> Result<Self, NameError> {

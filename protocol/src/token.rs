@@ -61,6 +61,27 @@ pub struct ResumeToken {
     pub book_redact_snaps: Option<Vec<u64>>,
 }
 
+impl ResumeToken {
+    /// A token for a full stream of `toname` from its start, with no stream flags: the base
+    /// that the decoder and the test fakes fill in.
+    pub fn new(toname: SnapshotName, toguid: u64) -> Self {
+        ResumeToken {
+            object: 0,
+            offset: 0,
+            bytes: 0,
+            toguid,
+            toname,
+            fromguid: None,
+            largeblockok: false,
+            embedok: false,
+            compressok: false,
+            rawok: false,
+            redact_snaps: None,
+            book_redact_snaps: None,
+        }
+    }
+}
+
 /// Why a token was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenError {
@@ -204,20 +225,10 @@ fn token_from_pairs(pairs: Vec<(String, NvValue)>) -> Result<ResumeToken, TokenE
     let mut bytes = None;
     let mut toguid = None;
     let mut toname = None;
-    let mut token = ResumeToken {
-        object: 0,
-        offset: 0,
-        bytes: 0,
-        toguid: 0,
-        toname: SnapshotName::parse("placeholder@placeholder").expect("valid"),
-        fromguid: None,
-        largeblockok: false,
-        embedok: false,
-        compressok: false,
-        rawok: false,
-        redact_snaps: None,
-        book_redact_snaps: None,
-    };
+    let mut token = ResumeToken::new(
+        SnapshotName::parse("placeholder@placeholder").expect("valid"),
+        0,
+    );
     for (name, value) in pairs {
         match (name.as_str(), value) {
             ("object", NvValue::Uint64(v)) => object = Some(v),

@@ -364,15 +364,8 @@ impl ReceiveProcess for MemReceive {
             object: 1,
             offset: stream.len() as u64,
             bytes: stream.len() as u64,
-            toguid,
-            toname: args.target.clone(),
             fromguid: (fromguid != 0).then_some(fromguid),
-            largeblockok: false,
-            embedok: false,
-            compressok: false,
-            rawok: false,
-            redact_snaps: None,
-            book_redact_snaps: None,
+            ..ResumeToken::new(args.target.clone(), toguid)
         });
         ds.resume_token = Some(token.clone());
         ds.partial = stream;

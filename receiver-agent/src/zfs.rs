@@ -265,6 +265,15 @@ fn parse_u64(field: &str, what: &str, line: &str) -> Result<u64, String> {
 
 /// Parses `zfs list -H -p -o name,type,guid,receive_resume_token,available` and
 /// `zfs list -H -p -t snapshot -o name,guid,createtxg` output. Names that are not valid (they
+/// A name on the pool that our name rules refuse (e.g. a component starting with '-') is left
+/// out of the inventory, with a line in the agent's log, rather than failing the whole list.
+fn skip_unusable(what: &str, name: &str) {
+    eprintln!(
+        "qubes-zfs-backup-receiver: skipping {what} with unusable name {}",
+        quoted(name)
+    );
+}
+
 /// cannot be backup targets anyway) are skipped with a warning on stderr.
 pub fn parse_inventory(
     root: &DatasetName,
@@ -283,10 +292,7 @@ pub fn parse_inventory(
             return Err(format!("unexpected zfs list line {}", quoted(line)));
         };
         let Ok(name) = DatasetName::parse(name) else {
-            eprintln!(
-                "qubes-zfs-backup-receiver: skipping dataset with unusable name {}",
-                quoted(name)
-            );
+            skip_unusable("dataset", name);
             continue;
         };
         let kind = match kind {
@@ -317,10 +323,7 @@ pub fn parse_inventory(
             return Err(format!("unexpected zfs list line {}", quoted(line)));
         };
         let Ok(name) = SnapshotName::parse(name) else {
-            eprintln!(
-                "qubes-zfs-backup-receiver: skipping snapshot with unusable name {}",
-                quoted(name)
-            );
+            skip_unusable("snapshot", name);
             continue;
         };
         let info = SnapshotInfo {

@@ -8,7 +8,7 @@ use qzb_protocol::names::{DatasetName, QubeName};
 use std::collections::HashMap;
 
 /// The top-level keys that are not group definitions.
-const RESERVED: [&str; 7] = [
+pub(super) const RESERVED: [&str; 7] = [
     "name",
     "scope",
     "allowed-behaviours",

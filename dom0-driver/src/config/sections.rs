@@ -22,15 +22,7 @@ impl Checker {
         let receiver = top.get("receiver").and_then(|n| self.receiver(n));
         let groups = self.groups(&top);
 
-        for key in [
-            "name",
-            "scope",
-            "allowed-behaviours",
-            "receiver",
-            "include-groups",
-            "forgo-groups",
-            "void-groups",
-        ] {
+        for key in super::groups::RESERVED {
             if top.get(key).is_none() {
                 let mut msg = format!("missing required key '{key}'");
                 if let Some(typo) = top.order.iter().find(|k| suggest(k, &[key]).is_some()) {
@@ -120,12 +112,8 @@ impl Checker {
                 self.label(n, "scope.since").map(Since::Label)
             }
         });
-        let progressive = e
-            .get("progressive")
-            .and_then(|n| self.boolean(n, "scope.progressive"));
-        let honour = e
-            .get("honour-origins")
-            .and_then(|n| self.boolean(n, "scope.honour-origins"));
+        let progressive = self.flag(&e, "scope", "progressive");
+        let honour = self.flag(&e, "scope", "honour-origins");
         if let (Some(t), Some(Since::Label(s)), Some(n)) = (&target, &since, e.get("since")) {
             if t == s {
                 self.error("scope.since", n.pos, format!("'since' is the same snapshot as 'target-snapshot' ({t}); a backup must end after it starts (use the previous backup's target snapshot, or 'beginning')"));
@@ -133,6 +121,17 @@ impl Checker {
         }
         let target_pos = e.get("target-snapshot").map_or(e.pos, |n| n.pos);
         Some(((target?, target_pos), since?, progressive?, honour?))
+    }
+
+    /// The boolean `key` of a section, if it is there and a boolean (else the error is noted).
+    fn flag(
+        &mut self,
+        e: &crate::config::checker::Entries,
+        section: &str,
+        key: &str,
+    ) -> Option<bool> {
+        e.get(key)
+            .and_then(|n| self.boolean(n, &format!("{section}.{key}")))
     }
 
     fn behaviours(&mut self, node: &Node) -> Option<(bool, bool)> {
@@ -143,12 +142,8 @@ impl Checker {
             "'allowed-behaviours' to hold its settings",
         )?;
         self.expect_keys(&e, "allowed-behaviours", &keys);
-        let creation = e
-            .get("snapshot-creation")
-            .and_then(|n| self.boolean(n, "allowed-behaviours.snapshot-creation"));
-        let patching = e
-            .get("patching")
-            .and_then(|n| self.boolean(n, "allowed-behaviours.patching"));
+        let creation = self.flag(&e, "allowed-behaviours", "snapshot-creation");
+        let patching = self.flag(&e, "allowed-behaviours", "patching");
         Some((creation?, patching?))
     }
 

@@ -253,47 +253,33 @@ impl<'a> Builder<'a> {
                 self.remember(anchor, &node);
                 Ok(Item::Node(node))
             }
-            Event::SequenceStart(anchor, _) => {
-                self.enter(pos)?;
+            Event::SequenceStart(anchor, _) => self.nested(pos, anchor, |b| {
                 let mut items = Vec::new();
                 loop {
-                    match self.item()? {
+                    match b.item()? {
                         Item::Node(n) => items.push(n),
                         Item::SeqEnd => break,
                         Item::MapEnd => unreachable_structure(),
                     }
                 }
-                self.depth -= 1;
-                let node = Node {
-                    value: Value::Seq(items),
-                    pos,
-                };
-                self.remember(anchor, &node);
-                Ok(Item::Node(node))
-            }
-            Event::MappingStart(anchor, _) => {
-                self.enter(pos)?;
+                Ok(Value::Seq(items))
+            }),
+            Event::MappingStart(anchor, _) => self.nested(pos, anchor, |b| {
                 let mut entries = Vec::new();
                 loop {
-                    let key = match self.item()? {
+                    let key = match b.item()? {
                         Item::Node(n) => n,
                         Item::MapEnd => break,
                         Item::SeqEnd => unreachable_structure(),
                     };
-                    let value = match self.item()? {
+                    let value = match b.item()? {
                         Item::Node(n) => n,
                         _ => unreachable_structure(),
                     };
                     entries.push((key, value));
                 }
-                self.depth -= 1;
-                let node = Node {
-                    value: Value::Map(entries),
-                    pos,
-                };
-                self.remember(anchor, &node);
-                Ok(Item::Node(node))
-            }
+                Ok(Value::Map(entries))
+            }),
             Event::SequenceEnd => Ok(Item::SeqEnd),
             Event::MappingEnd => Ok(Item::MapEnd),
             Event::Alias(id) => match self.anchors.get(&id) {
@@ -325,6 +311,22 @@ impl<'a> Builder<'a> {
                 message: format!("unexpected YAML structure ({})", event_name(&other)),
             }),
         }
+    }
+
+    /// A sequence or a mapping: one level deeper (bounded), its content read by `read`, then
+    /// remembered under its anchor if it has one.
+    fn nested(
+        &mut self,
+        pos: Pos,
+        anchor: usize,
+        read: impl FnOnce(&mut Self) -> Result<Value, YamlError>,
+    ) -> Result<Item, YamlError> {
+        self.enter(pos)?;
+        let value = read(self)?;
+        self.depth -= 1;
+        let node = Node { value, pos };
+        self.remember(anchor, &node);
+        Ok(Item::Node(node))
     }
 
     fn enter(&mut self, pos: Pos) -> Result<(), YamlError> {
