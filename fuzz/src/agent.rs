@@ -33,15 +33,10 @@ pub fn partial_token() -> String {
         object: 1,
         offset: 30,
         bytes: 30,
-        toguid: PARTIAL_TOGUID,
-        toname: SnapshotName::parse(&format!("{ROOT}/b@s1")).expect("valid name"),
-        fromguid: None,
-        largeblockok: false,
-        embedok: false,
-        compressok: false,
-        rawok: false,
-        redact_snaps: None,
-        book_redact_snaps: None,
+        ..ResumeToken::new(
+            SnapshotName::parse(&format!("{ROOT}/b@s1")).expect("valid name"),
+            PARTIAL_TOGUID,
+        )
     })
 }
 
