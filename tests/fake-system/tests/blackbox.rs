@@ -109,20 +109,10 @@ const R: &str = "backuppool/backups/mydesktop";
 #[test]
 fn list_scripted_parsable_tab_separated_with_dash_for_none() {
     let s = Sys::new("reference-system");
-    let o = s.zfs(
-        "dom0",
-        &[
-            "list",
-            "-H",
-            "-p",
-            "-t",
-            "all",
-            "-o",
-            "name,type,origin,createtxg",
-            "-r",
-            "mainpool/qubes/work",
-        ],
-    );
+    let argv: Vec<&str> = "list -H -p -t all -o name,type,origin,createtxg -r mainpool/qubes/work"
+        .split(' ')
+        .collect();
+    let o = s.zfs("dom0", &argv);
     assert!(o.status.success());
     assert_eq!(
         out(&o),
