@@ -14,6 +14,7 @@ pub mod frame;
 pub mod messages;
 pub mod names;
 pub mod token;
+pub mod zstream;
 
 pub use bounded::read_bounded;
 pub use frame::{
