@@ -353,5 +353,9 @@ fn main() {
         assert_eq!(&got, expected, "agent seed {name}");
         write("agent_serve", name, input);
     }
+    for (name, input) in qzb_fuzz::zstream::seeds() {
+        qzb_fuzz::zstream::run_tap(&input);
+        write("zstream", name, &input);
+    }
     println!("corpus written under fuzz/corpus/");
 }

@@ -11,6 +11,7 @@
 pub mod agent;
 pub mod alloc_cap;
 pub mod stream;
+pub mod zstream;
 
 /// Reads a little-endian u16 at `at`, if there are two bytes.
 pub fn le_u16(data: &[u8], at: usize) -> Option<u16> {

@@ -15,6 +15,7 @@ pub mod messages;
 pub mod names;
 pub mod text;
 pub mod token;
+pub mod zstream;
 
 pub use bounded::read_bounded;
 pub use frame::{
