@@ -21,11 +21,11 @@ use receiver_agent::memory::fake_stream;
 use receiver_agent::Zfs;
 
 fn ds(s: &str) -> DatasetName {
-    DatasetName::parse(&s).expect("valid dataset name")
+    DatasetName::parse(s).expect("valid dataset name")
 }
 
 fn snap(s: &str) -> SnapshotName {
-    SnapshotName::parse(&s).expect("valid snapshot name")
+    SnapshotName::parse(s).expect("valid snapshot name")
 }
 
 fn write(target: &str, name: &str, bytes: &[u8]) {
