@@ -11,6 +11,7 @@
 //!
 //! [`writer::StreamWriter`] writes valid streams (with their checksums) for tests and fuzzing.
 
+mod error;
 mod fletcher4;
 mod parser;
 mod records;
@@ -19,11 +20,9 @@ pub mod writer;
 #[cfg(test)]
 mod tests;
 
+pub use error::{ErrorKind, StreamError};
 pub use fletcher4::Fletcher4;
-pub use parser::{
-    ErrorKind, Options, Sink, StreamError, Tap, MAX_BEGIN_PAYLOAD, MAX_OBJECT_PAYLOAD,
-    MAX_RECORD_PAYLOAD,
-};
+pub use parser::{Options, Sink, Tap, MAX_BEGIN_PAYLOAD, MAX_OBJECT_PAYLOAD, MAX_RECORD_PAYLOAD};
 pub use records::{
     feature, Begin, End, EndKind, Free, FreeObjects, HeaderType, Object, ObjectRange, RecordType,
     Redact, Spill, Write, WriteEmbedded, BACKUP_MAGIC, CHECKSUM_OFFSET, HDRTYPE_COMPOUNDSTREAM,
