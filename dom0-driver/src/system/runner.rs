@@ -114,7 +114,9 @@ impl SystemRunner {
     fn command(&self, program: &str, args: &[&str]) -> Command {
         tracing::debug!(command = %command_line(program, args), "running");
         let mut c = Command::new(self.resolve(program));
-        c.args(args)
+        // argv[0] stays the name the admin knows (`ps` shows `zfs send ...`, not a path).
+        c.arg0(program)
+            .args(args)
             .env_clear()
             .env("PATH", &self.path)
             .env("LC_ALL", "C")
@@ -487,6 +489,13 @@ mod tests {
         let mut rest = Vec::new();
         out.read_to_end(&mut rest).unwrap();
         assert!(rest.is_empty());
+    }
+
+    #[test]
+    fn a_child_sees_the_bare_program_name_as_argv0() {
+        // `ps` and `pkill -f '^zfs send'` see `zfs send ...`, as if a shell had started it.
+        let out = runner().run("sh", &["-c", "echo $0"]).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "sh\n");
     }
 
     #[test]
