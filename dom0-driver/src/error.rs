@@ -161,6 +161,16 @@ impl fmt::Display for Error {
     }
 }
 
+impl From<crate::config::file::FileError> for Error {
+    fn from(e: crate::config::file::FileError) -> Self {
+        Error::ConfigFile {
+            path: e.path,
+            problem: e.problem,
+            not_found: e.not_found,
+        }
+    }
+}
+
 impl From<ToolError> for Error {
     fn from(e: ToolError) -> Self {
         Error::Tool(e)

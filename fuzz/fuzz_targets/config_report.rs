@@ -27,7 +27,7 @@ fuzz_target!(
             }
             Err(errors) => {
                 assert!(!errors.is_empty(), "a rejected config has at least one error");
-                let json = dom0_driver::output::report::check_json("f.yaml", None, None, &errors, &[]);
+                let json = dom0_driver::commands::report::check_json("f.yaml", None, None, &errors, &[]);
                 let shown = json["errors"].as_array().map_or(0, Vec::len);
                 assert_eq!(shown, errors.len().min(MAX_SHOWN));
                 assert_eq!(json["error_count"], errors.len());

@@ -1,9 +1,10 @@
 //! The command line: parses arguments, runs one command, turns errors into exit codes.
 
 use crate::commands;
+use crate::config::BackupName;
 use crate::error::{exit, exit_codes_help, Error, Result};
 use crate::output::{sanitize, Style};
-use crate::state::{BackupName, Store};
+use crate::state::Store;
 use crate::stream::progress::Mode;
 use crate::stream::qrexec::Qrexec;
 use crate::system::runner::SystemRunner;

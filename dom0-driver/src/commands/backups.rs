@@ -1,7 +1,6 @@
 //! `list` and `status`: what is imported, and the state of every target.
 
 use crate::error::Result;
-use crate::output::report;
 use crate::output::{human_bytes, sanitize, Style};
 use crate::state::{SendState, SnapshotState, Store};
 
@@ -106,7 +105,7 @@ pub fn status(store: &Store, name: &str, json: bool) -> Result<()> {
         crate::outln!(
             "  {send:<8} {snap:<8} {size:>10}  {}  [{}]",
             t.target.snapshot,
-            report::describe_send(&t.target)
+            t.target.describe()
         );
         if let Some(e) = &t.last_error {
             crate::outln!("           last error: {}", sanitize(e));

@@ -1,10 +1,10 @@
 //! `calc`: the size of every send (`zfs send -n -v -P`) and what the receiver says of them.
 
+use crate::commands::report;
 use crate::commands::{finished, print_warnings, refresh_snapshots};
 use crate::config::diag::Diagnostic;
 use crate::error::Result;
 use crate::output::human_bytes;
-use crate::output::report;
 use crate::plan::send_args::send_args;
 use crate::state::{SnapshotState, Store};
 use crate::stream::calc::receiver_checks;

@@ -1,10 +1,10 @@
 //! `check` and `import`: a config read, checked against the live system, planned, reported.
 
+use crate::commands::report;
 use crate::commands::{finished, print_warnings};
 use crate::config::diag::Diagnostic;
 use crate::config::{self, Config};
 use crate::error::{Error, Result};
-use crate::output::report;
 use crate::output::{sanitize, Style};
 use crate::plan::{self, Plan};
 use crate::state::{BackupState, Store};
@@ -13,7 +13,7 @@ use crate::system::runner::Runner;
 use std::path::PathBuf;
 
 fn read_config(file: &PathBuf) -> Result<String> {
-    config::file::read(file)
+    Ok(config::file::read(file)?)
 }
 
 /// Reads, checks and plans a config against the live system.

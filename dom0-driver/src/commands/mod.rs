@@ -6,6 +6,7 @@ pub mod backups;
 pub mod calc;
 pub mod check;
 pub mod receiver;
+pub mod report;
 pub mod snapshot;
 
 use crate::config::diag::Diagnostic;

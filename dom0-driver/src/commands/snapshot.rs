@@ -1,8 +1,8 @@
 //! `snapshot`: the target snapshots of every qube that is not running, atomically per group.
 
+use crate::commands::report;
 use crate::commands::{finished, refresh_snapshots};
 use crate::error::{Error, Result};
-use crate::output::report;
 use crate::output::Style;
 use crate::state::{SnapshotState, Store};
 use crate::system::inventory;

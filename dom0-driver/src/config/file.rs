@@ -13,7 +13,15 @@
 //! blocking mode), and again on the opened file (the path may have been replaced in between;
 //! opening with `O_NONBLOCK` means even a swapped-in FIFO does not block the `open`).
 
-use crate::error::{Error, Result};
+/// Why the config file could not be read (the driver's error turns it into exit 4 or 1).
+#[derive(Debug)]
+pub struct FileError {
+    pub path: String,
+    pub problem: String,
+    pub not_found: bool,
+}
+
+type Result<T> = std::result::Result<T, FileError>;
 use std::fs::{File, Metadata, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
@@ -54,7 +62,7 @@ pub fn read(path: impl AsRef<Path>) -> Result<String> {
 
 fn read_capped(path: &Path, cap: u64) -> Result<String> {
     let display = path.display().to_string();
-    let fail = |problem: String, not_found: bool| Error::ConfigFile {
+    let fail = |problem: String, not_found: bool| FileError {
         path: display.clone(),
         problem,
         not_found,

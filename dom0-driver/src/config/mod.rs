@@ -10,6 +10,9 @@
 
 mod checker;
 pub mod diag;
+pub mod name;
+
+pub use name::BackupName;
 pub mod file;
 mod groups;
 mod sections;
@@ -17,7 +20,7 @@ pub mod yaml;
 
 use crate::config::diag::Diagnostic;
 use crate::config::yaml::Pos;
-use crate::state::BackupName;
+
 use checker::Checker;
 use qzb_protocol::names::{DatasetName, QubeName, SnapLabel};
 use serde::Serialize;

@@ -4,7 +4,7 @@
 use super::checker::{suggest, Checker};
 use super::{Config, Since};
 use crate::config::yaml::{quote, Node, Pos};
-use crate::state::BackupName;
+use crate::config::BackupName;
 use qzb_protocol::names::{DatasetName, QubeName, SnapLabel, MAX_NAME_LEN};
 
 /// `scope`: the target label and its position, since, progressive, honour-origins.

@@ -1,8 +1,6 @@
 //! Terminal output: colour only on a terminal, and nothing unprintable from outside ever
 //! reaches the terminal.
 
-pub mod report;
-
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 

@@ -88,6 +88,20 @@ pub struct Target {
 }
 
 impl Target {
+    /// How it is sent, in a few words: `full`, `-I from @b1`, `-i from @b1`, `clone of ...`.
+    pub fn describe(&self) -> String {
+        match (
+            &self.incremental_source,
+            self.clone_origin,
+            self.progressive,
+        ) {
+            (None, _, _) => "full".into(),
+            (Some(src), true, _) => format!("clone of {src}"),
+            (Some(src), false, true) => format!("-I from @{}", src.label().as_str()),
+            (Some(src), false, false) => format!("-i from @{}", src.label().as_str()),
+        }
+    }
+
     /// The target snapshot label is created by `snapshot` when missing; others must exist.
     pub fn is_creatable(&self) -> bool {
         self.reason == Reason::Target

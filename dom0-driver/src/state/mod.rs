@@ -5,11 +5,7 @@
 //! text is kept and re-checked on load, so the state never disagrees with the rules of the binary
 //! reading it.
 
-pub mod name;
-
-pub use name::BackupName;
-
-use crate::config::{self, Config};
+use crate::config::{self, BackupName, Config};
 use crate::error::{Error, Result};
 use crate::plan::Target;
 use serde::{Deserialize, Serialize};

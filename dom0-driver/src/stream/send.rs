@@ -417,7 +417,7 @@ pub fn send(
                     origin,
                 };
                 let kind = request.kind;
-                let how = crate::output::report::describe_send(&t.target);
+                let how = t.target.describe();
                 run.say(
                     format_args!(
                         "sending {snapshot} ({how}){}",

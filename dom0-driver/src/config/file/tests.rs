@@ -11,7 +11,7 @@ fn dir(tag: &str) -> std::path::PathBuf {
 
 fn problem(r: Result<String>) -> (String, bool) {
     match r {
-        Err(Error::ConfigFile {
+        Err(FileError {
             problem, not_found, ..
         }) => (problem, not_found),
         other => panic!("expected a config file error, got {other:?}"),

@@ -6,16 +6,6 @@ use crate::output::{human_bytes, Style};
 use crate::plan::{Plan, Reason, Target};
 use serde_json::{json, Value};
 
-/// A target as one short line: how it is sent.
-pub fn describe_send(t: &Target) -> String {
-    match (&t.incremental_source, t.clone_origin, t.progressive) {
-        (None, _, _) => "full".into(),
-        (Some(src), true, _) => format!("clone of {src}"),
-        (Some(src), false, true) => format!("-I from @{}", src.label().as_str()),
-        (Some(src), false, false) => format!("-i from @{}", src.label().as_str()),
-    }
-}
-
 fn reason_note(t: &Target) -> &'static str {
     match t.reason {
         Reason::Target => "",
@@ -82,7 +72,7 @@ pub fn check_text(config: &Config, plan: &Plan, already_imported: bool, style: S
             "  {:<8} {}  [{}]{}\n",
             state,
             t.snapshot,
-            describe_send(t),
+            t.describe(),
             reason_note(t)
         ));
     }
@@ -213,11 +203,7 @@ pub fn calc_text(rows: &[(Target, Option<u64>)], total: u64) -> String {
     let mut o = String::from("send size (estimate):\n");
     for (t, size) in rows {
         let size = size.map(human_bytes).unwrap_or_else(|| "missing".into());
-        o.push_str(&format!(
-            "{size:>12}  {}  [{}]\n",
-            t.snapshot,
-            describe_send(t)
-        ));
+        o.push_str(&format!("{size:>12}  {}  [{}]\n", t.snapshot, t.describe()));
     }
     o.push_str(&format!("{:>12}  (total)\n", human_bytes(total)));
     o
