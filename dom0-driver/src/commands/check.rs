@@ -118,8 +118,10 @@ pub fn import(store: &Store, runner: &dyn Runner, file: &PathBuf, replace: bool)
         c.plan.targets,
     );
     // Replacing keeps what the old import achieved: what it sent is on the receiver.
-    let carried = match store.exists(&c.config.name) {
-        true => match store.load(&c.config.name) {
+    let carried = if !store.exists(&c.config.name) {
+        None
+    } else {
+        match store.load(&c.config.name) {
             Ok(old) => Some(state.carry_over(&old)),
             Err(e) => {
                 crate::output::stderr_line(Style::for_stderr().yellow(&format!(
@@ -128,8 +130,7 @@ pub fn import(store: &Store, runner: &dyn Runner, file: &PathBuf, replace: bool)
                 )));
                 None
             }
-        },
-        false => None,
+        }
     };
     store.save(&state)?;
     crate::outln!("Config validation {}", Style::for_stdout().green("PASSED"));
