@@ -394,6 +394,72 @@ mod tests {
         BackupState::new(&cfg, "/tmp/b.yaml", text, Vec::new())
     }
 
+    fn target(snap: &str, from: Option<&str>, guid: u64) -> Target {
+        let name = |s: &str| qzb_protocol::names::SnapshotName::parse(s).unwrap();
+        Target {
+            snapshot: name(snap),
+            kind: crate::system::inventory::DatasetKind::Volume,
+            incremental_source: from.map(name),
+            progressive: true,
+            clone_origin: false,
+            reason: crate::plan::Reason::Target,
+            guid: Some(guid),
+            object: None,
+            depends_on: vec![],
+        }
+    }
+
+    fn with_targets(targets: Vec<Target>, states: &[SendState]) -> BackupState {
+        let mut s = sample();
+        s.targets =
+            BackupState::new(&s.config().unwrap(), "/tmp/b.yaml", &s.raw_config, targets).targets;
+        for (t, st) in s.targets.iter_mut().zip(states) {
+            t.send_state = *st;
+        }
+        s
+    }
+
+    #[test]
+    fn a_replacing_import_keeps_what_was_sent_and_resumes_only_the_same_stream() {
+        let old = with_targets(
+            vec![
+                target("p/a@s2", None, 1),
+                target("p/b@s2", Some("p/b@s1"), 2),
+                target("p/c@s2", Some("p/c@s1"), 3),
+                target("p/d@s2", None, 4),
+            ],
+            &[
+                SendState::Done,
+                SendState::Partial,
+                SendState::Partial,
+                SendState::Done,
+            ],
+        );
+        let mut new = with_targets(
+            vec![
+                target("p/a@s2", None, 1),
+                // Same snapshot, same stream: the receiver's token still fits.
+                target("p/b@s2", Some("p/b@s1"), 2),
+                // Same snapshot, another stream: starts afresh.
+                target("p/c@s2", None, 3),
+                // Same name, but the snapshot was replaced (another guid): not what was sent.
+                target("p/d@s2", None, 40),
+            ],
+            &[],
+        );
+        assert_eq!(new.carry_over(&old), (1, 1));
+        let states: Vec<_> = new.targets.iter().map(|t| t.send_state).collect();
+        assert_eq!(
+            states,
+            [
+                SendState::Done,
+                SendState::Partial,
+                SendState::Pending,
+                SendState::Pending
+            ]
+        );
+    }
+
     #[test]
     fn state_round_trips_and_is_written_atomically() {
         let dir = std::env::temp_dir().join(format!("qzb-state-{}", std::process::id()));
