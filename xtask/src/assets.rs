@@ -6,8 +6,7 @@
 //! clap_mangen's own SUBCOMMANDS section would point to `qubes-zfs-backup-check(1)` and so on,
 //! pages that are not shipped; the test below keeps every `name(N)` in the page resolvable.
 
-use clap::CommandFactory;
-use dom0_driver::cli::Cli;
+use dom0_driver::cli::command;
 use std::path::{Path, PathBuf};
 
 /// The man pages `assets` writes. rpm/qubes-zfs-backup.spec ships exactly these.
@@ -32,7 +31,7 @@ fn write_assets(out: &Path) -> Result<(), String> {
         (clap_complete::Shell::Fish, "qubes-zfs-backup.fish"),
     ] {
         let mut buf = Vec::new();
-        clap_complete::generate(shell, &mut Cli::command(), "qubes-zfs-backup", &mut buf);
+        clap_complete::generate(shell, &mut command(), "qubes-zfs-backup", &mut buf);
         std::fs::write(out.join(file), buf).map_err(|e| e.to_string())?;
     }
     Ok(())
@@ -60,7 +59,8 @@ fn body(man: &clap_mangen::Man, render: Section) -> Result<String, String> {
 /// The whole page: clap_mangen's sections for the program, then every command under COMMANDS
 /// (its description, synopsis, options and examples), then the exit codes.
 fn man_page() -> Result<String, String> {
-    let cmd = Cli::command();
+    // The command line as the binary builds it, with the exit-code table as its after-help.
+    let cmd = command();
     let man = clap_mangen::Man::new(cmd.clone());
     let mut page = String::new();
     page += &section(&man, clap_mangen::Man::render_title)?;
@@ -124,6 +124,18 @@ fn references(page: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_man_page_lists_every_exit_code_of_the_one_table() {
+        let page = man_page().unwrap().replace("\\-", "-");
+        assert!(page.contains(".SH \"EXIT STATUS\""), "{page}");
+        for (code, _) in dom0_driver::error::EXIT_CODES {
+            assert!(
+                page.contains(&format!("  {code}  ")),
+                "exit code {code} missing:\n{page}"
+            );
+        }
+    }
 
     /// The man pages rpm/qubes-zfs-backup.spec installs (its `Source1N: NAME.N` lines).
     fn shipped() -> Vec<String> {
