@@ -150,6 +150,8 @@ enum Hostile {
     ForgedToken,
     /// Drains the stream and reports success with a guid it made up.
     LyingGuid,
+    /// Answers a receive request with "waiting for the lock" again and again (a stall).
+    WaitsForever,
 }
 
 /// A `Connect` that starts an agent on a thread per session, joined by two pipes.
@@ -311,6 +313,15 @@ fn hostile(
                     datasets,
                 })
             }
+            proto::Request::Receive(_) if matches!(mode, Hostile::WaitsForever) => {
+                for _ in 0..2 {
+                    let waiting = proto::Reply::Waiting {
+                        holder: "another session\n\x1b[2Jerror: fake".into(),
+                    };
+                    proto::write_reply(&mut w, &waiting).map_err(e)?;
+                }
+                continue;
+            }
             proto::Request::Receive(req) => {
                 proto::write_reply(&mut w, &proto::Reply::ReceiveReady).map_err(e)?;
                 // Drain the stream to its end frame without checking anything.
@@ -389,6 +400,20 @@ fn a_receiver_lying_about_the_guid_is_a_security_refusal() {
     let e = world.send(&agent).unwrap_err();
     assert!(matches!(e, Error::Security(_)), "{e}");
     assert!(e.to_string().contains("but the source's is"), "{e}");
+    assert!(!world.states().contains(&SendState::Done));
+}
+
+#[test]
+fn a_receiver_that_keeps_saying_it_waits_is_refused_at_the_second_notice() {
+    let world = World::new();
+    let agent = InMemory::new(&world, Agent::Hostile(Hostile::WaitsForever));
+    let e = world.send(&agent).unwrap_err();
+    let state = world.store().load("shared").unwrap();
+    let why = state.targets[0].last_error.clone().unwrap_or_default();
+    assert!(
+        why.contains("the receiver said twice that it waits for its lock"),
+        "{e}: {why}"
+    );
     assert!(!world.states().contains(&SendState::Done));
 }
 
