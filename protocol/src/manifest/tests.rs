@@ -636,3 +636,23 @@ fn entries_leave_the_builder_as_records_arrive_and_its_state_is_fixed_size() {
     assert_eq!(header.entries, blocks);
     assert!(std::mem::size_of::<ManifestBuilder<Counter<'_>>>() < 4096);
 }
+
+#[test]
+fn longest_names_fill_the_header_exactly_and_still_verify() {
+    let (mut header, _) = run(&full_stream()).unwrap();
+    header.qube = "q".repeat(31);
+    header.volume = "v".repeat(64);
+    header.dataset = format!("p/{}", "d".repeat(253));
+    let bytes = header.encode();
+    assert_eq!(bytes.len(), MAX_HEADER_LEN);
+    assert_eq!(
+        ManifestHeader::verify(&bytes, &header.mac(&KEY), &KEY).unwrap(),
+        header
+    );
+    header.volume = "v".repeat(65);
+    let bytes = header.encode();
+    assert!(matches!(
+        ManifestHeader::verify(&bytes, &header.mac(&KEY), &KEY),
+        Err(ManifestError::HeaderTooLarge { .. })
+    ));
+}
