@@ -43,7 +43,10 @@ pub fn run_header(data: &[u8]) {
             assert!((MIN_HEADER_LEN..=MAX_HEADER_LEN).contains(&header.len()));
             assert_eq!(h.encode(), header, "decoded header is not canonical");
             let own = h.mac(&KEY);
-            assert_eq!(ManifestHeader::verify(header, &own, &KEY).expect("own MAC"), h);
+            assert_eq!(
+                ManifestHeader::verify(header, &own, &KEY).expect("own MAC"),
+                h
+            );
             let mut flipped = own;
             flipped[usize::from(header[0]) % 32] ^= 1 << (header[1] % 8);
             assert!(matches!(
