@@ -10,6 +10,8 @@
 #   FUZZ_ZSTREAM_SECONDS  budget of the zstream target in a run of all targets (default: the
 #                       smaller of FUZZ_SECONDS and 10, to keep CI's total); named in
 #                       FUZZ_TARGETS it gets FUZZ_SECONDS
+#   FUZZ_MANIFEST_SECONDS  the same for the manifest_header target (default: the smaller of
+#                       FUZZ_SECONDS and 10)
 #   FUZZ_KEEP=1         keep fuzz/target/smoke-*/ (logs, new inputs) after a clean run too
 #   FUZZ_BUILD=plain|cargo-fuzz
 #       plain (default): plain stable `cargo build` with the instrumentation flags cargo-fuzz
@@ -90,6 +92,8 @@ dict_for() {
 seconds_for() {
     if [[ $1 == zstream && -z ${FUZZ_TARGETS:-} ]]; then
         echo "${FUZZ_ZSTREAM_SECONDS:-$((FUZZ_SECONDS < 10 ? FUZZ_SECONDS : 10))}"
+    elif [[ $1 == manifest_header && -z ${FUZZ_TARGETS:-} ]]; then
+        echo "${FUZZ_MANIFEST_SECONDS:-$((FUZZ_SECONDS < 10 ? FUZZ_SECONDS : 10))}"
     else
         echo "$FUZZ_SECONDS"
     fi

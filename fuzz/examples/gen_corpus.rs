@@ -357,5 +357,9 @@ fn main() {
         qzb_fuzz::zstream::run_tap(&input);
         write("zstream", name, &input);
     }
+    for (name, input) in qzb_fuzz::manifest::seeds() {
+        qzb_fuzz::manifest::run_header(&input);
+        write("manifest_header", name, &input);
+    }
     println!("corpus written under fuzz/corpus/");
 }

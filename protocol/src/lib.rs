@@ -11,6 +11,7 @@
 
 pub mod bounded;
 pub mod frame;
+pub mod manifest;
 pub mod messages;
 pub mod names;
 pub mod text;

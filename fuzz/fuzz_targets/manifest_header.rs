@@ -1,0 +1,13 @@
+//! `ManifestHeader::verify` and `decode_unverified` on arbitrary bytes; see
+//! `qzb_fuzz::manifest::run_header` for the input format and the checks.
+#![no_main]
+#![forbid(unsafe_code)]
+
+use libfuzzer_sys::fuzz_target;
+
+qzb_fuzz::install_alloc_cap!();
+
+fuzz_target!(
+    init: qzb_fuzz::alloc_cap::init(),
+    |data: &[u8]| qzb_fuzz::manifest::run_header(data)
+);
