@@ -205,6 +205,55 @@ fn run_ok(c: &mut Command) {
     );
 }
 
+/// The `shared` backup most send tests use: full sends of `mainpool/shared@b1` and its two
+/// children into `backuppool/backups/mydesktop` on `backups-disp`; snapshot creation off.
+pub fn shared_config(patching: bool) -> String {
+    SHARED_CONFIG.replace("PATCHING", if patching { "yes" } else { "no" })
+}
+
+const SHARED_CONFIG: &str = r#"name: shared
+scope:
+  target-snapshot: "@b1"
+  since: beginning
+  progressive: no
+  honour-origins: no
+allowed-behaviours:
+  snapshot-creation: no
+  patching: PATCHING
+receiver:
+  qube: backups-disp
+  dataset: backuppool/backups/mydesktop
+include-groups: [data]
+forgo-groups: []
+void-groups: []
+data:
+  type: datasets
+  members: [mainpool/shared]
+"#;
+
+impl FakeSystem {
+    /// The reference system with mainpool/shared's snapshots made `size` bytes each (bigger
+    /// than pipes and buffers, so a receiver that stops or goes away is met mid-stream), and
+    /// the `shared` backup imported by the real binary.
+    pub fn with_shared_backup(size: u64, patching: bool) -> FakeSystem {
+        let sys = FakeSystem::new("reference-system");
+        let path = sys.state.join("dom0.json");
+        let text = std::fs::read_to_string(&path).expect("dom0.json");
+        let mut v: serde_json::Value = serde_json::from_str(&text).expect("dom0.json is JSON");
+        for (name, ds) in v["zfs"]["datasets"].as_object_mut().expect("datasets") {
+            if name.starts_with("mainpool/shared") {
+                for s in ds["snapshots"].as_array_mut().expect("snapshots") {
+                    s["size"] = size.into();
+                }
+            }
+        }
+        std::fs::write(&path, serde_json::to_string_pretty(&v).expect("JSON")).expect("write");
+        let file = sys.write("shared.yaml", &shared_config(patching));
+        sys.driver(&["import", &file]).expect(0);
+        sys
+    }
+}
+
 /// A finished run: exit code and text output.
 #[derive(Debug)]
 pub struct Run {

@@ -33,26 +33,6 @@ const TARGETS: [&str; 3] = [
     "mainpool/shared/junk@b1",
 ];
 
-const CONFIG: &str = r#"name: shared
-scope:
-  target-snapshot: "@b1"
-  since: beginning
-  progressive: no
-  honour-origins: no
-allowed-behaviours:
-  snapshot-creation: no
-  patching: no
-receiver:
-  qube: backups-disp
-  dataset: backuppool/backups/mydesktop
-include-groups: [data]
-forgo-groups: []
-void-groups: []
-data:
-  type: datasets
-  members: [mainpool/shared]
-"#;
-
 fn json_file(path: &std::path::Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
@@ -60,20 +40,7 @@ fn json_file(path: &std::path::Path) -> Value {
 /// The reference system with mainpool/shared's snapshots made SIZE bytes, and `shared`
 /// (full sends of shared@b1, apps@b1, junk@b1; the children depend on shared@b1) imported.
 fn setup() -> FakeSystem {
-    let sys = FakeSystem::new("reference-system");
-    let path = sys.state.join("dom0.json");
-    let mut v = json_file(&path);
-    for (name, ds) in v["zfs"]["datasets"].as_object_mut().unwrap() {
-        if name.starts_with("mainpool/shared") {
-            for s in ds["snapshots"].as_array_mut().unwrap() {
-                s["size"] = SIZE.into();
-            }
-        }
-    }
-    std::fs::write(&path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
-    let file = sys.write("shared.yaml", CONFIG);
-    sys.driver(&["import", &file]).expect(0);
-    sys
+    FakeSystem::with_shared_backup(SIZE, false)
 }
 
 /// Runs the driver against the hostile agent in `mode`.
@@ -531,10 +498,12 @@ fn one_silent_receiver_costs_one_timeout_not_one_per_target() {
     // Two independent targets (no parent among them): before, each opened a new call and
     // waited out the timeout again.
     let sys = setup();
-    let config = CONFIG.replace("name: shared", "name: pair").replace(
-        "members: [mainpool/shared]",
-        "members: [mainpool/shared/apps, mainpool/shared/junk]",
-    );
+    let config = qzb_blackbox_tests::shared_config(false)
+        .replace("name: shared", "name: pair")
+        .replace(
+            "members: [mainpool/shared]",
+            "members: [mainpool/shared/apps, mainpool/shared/junk]",
+        );
     let file = sys.write("pair.yaml", &config);
     sys.driver(&["import", &file]).expect(0);
     let run = hostile(

@@ -17,25 +17,6 @@ use std::sync::Mutex;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-const CONFIG: &str = r#"name: shared
-scope:
-  target-snapshot: "@b1"
-  since: beginning
-  progressive: no
-  honour-origins: no
-allowed-behaviours:
-  snapshot-creation: no
-  patching: no
-receiver:
-  qube: backups-disp
-  dataset: backuppool/backups/mydesktop
-include-groups: [data]
-forgo-groups: []
-void-groups: []
-data:
-  type: datasets
-  members: [mainpool/shared]
-"#;
 const ROOT: &str = "backuppool/backups/mydesktop";
 const DEST: &str = "backuppool/backups/mydesktop/mainpool/shared";
 /// Generous: only a guard against a hang, never reached by a working test.
@@ -50,19 +31,7 @@ struct World {
 
 impl World {
     fn new() -> World {
-        let sys = FakeSystem::new("reference-system");
-        let path = sys.state.join("dom0.json");
-        let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        for (name, ds) in v["zfs"]["datasets"].as_object_mut().unwrap() {
-            if name.starts_with("mainpool/shared") {
-                for s in ds["snapshots"].as_array_mut().unwrap() {
-                    s["size"] = (4u64 << 20).into();
-                }
-            }
-        }
-        std::fs::write(&path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
-        let file = sys.write("shared.yaml", CONFIG);
-        sys.driver(&["import", &file]).expect(0);
+        let sys = FakeSystem::with_shared_backup(4 << 20, false);
         // The backup qube's tools: the same fakes, acting on the receiver's host file.
         let agent_bin = sys.dir.join("agent-bin");
         let out = std::process::Command::new(bin("qzb-fake"))

@@ -9,26 +9,6 @@ use std::time::{Duration, Instant};
 /// 8 MiB streams: bigger than the driver's 1 MiB frames, so a cut lands mid-stream.
 const SIZE: u64 = 8 << 20;
 
-const CONFIG: &str = r#"name: shared
-scope:
-  target-snapshot: "@b1"
-  since: beginning
-  progressive: no
-  honour-origins: no
-allowed-behaviours:
-  snapshot-creation: no
-  patching: PATCHING
-receiver:
-  qube: backups-disp
-  dataset: backuppool/backups/mydesktop
-include-groups: [data]
-forgo-groups: []
-void-groups: []
-data:
-  type: datasets
-  members: [mainpool/shared]
-"#;
-
 fn json_file(path: &std::path::Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
@@ -37,24 +17,9 @@ fn write_json(path: &std::path::Path, v: &Value) {
     std::fs::write(path, serde_json::to_string_pretty(v).unwrap()).unwrap();
 }
 
-/// The reference system with mainpool/shared's snapshots made SIZE bytes, and `shared`
-/// (targets shared@b1, apps@b1, junk@b1, all existing) imported.
+/// The reference system with `shared` imported (snapshots of SIZE bytes).
 fn setup(patching: bool) -> FakeSystem {
-    let sys = FakeSystem::new("reference-system");
-    let path = sys.state.join("dom0.json");
-    let mut v = json_file(&path);
-    for (name, ds) in v["zfs"]["datasets"].as_object_mut().unwrap() {
-        if name.starts_with("mainpool/shared") {
-            for s in ds["snapshots"].as_array_mut().unwrap() {
-                s["size"] = SIZE.into();
-            }
-        }
-    }
-    write_json(&path, &v);
-    let text = CONFIG.replace("PATCHING", if patching { "yes" } else { "no" });
-    let file = sys.write("shared.yaml", &text);
-    sys.driver(&["import", &file]).expect(0);
-    sys
+    FakeSystem::with_shared_backup(SIZE, patching)
 }
 
 fn receiver_state(sys: &FakeSystem) -> Value {
@@ -312,9 +277,7 @@ fn targets_already_on_the_receiver_need_patching() {
     let sys = setup(false);
     sys.driver(&["send", "shared"]).expect(0);
     // A second backup of the same snapshots to the same receiver.
-    let text = CONFIG
-        .replace("PATCHING", "no")
-        .replace("name: shared", "name: again");
+    let text = qzb_blackbox_tests::shared_config(false).replace("name: shared", "name: again");
     let file = sys.write("again.yaml", &text);
     sys.driver(&["import", &file]).expect(0);
     let run = sys.driver(&["send", "again"]);
@@ -325,9 +288,7 @@ fn targets_already_on_the_receiver_need_patching() {
         run.stderr
     );
 
-    let text = CONFIG
-        .replace("PATCHING", "yes")
-        .replace("name: shared", "name: again");
+    let text = qzb_blackbox_tests::shared_config(true).replace("name: shared", "name: again");
     let file = sys.write("again.yaml", &text);
     sys.driver(&["import", "--replace", &file]).expect(0);
     let run = sys.driver(&["send", "again"]);
@@ -391,8 +352,7 @@ fn abort_discards_partial_state_after_confirmation() {
 #[test]
 fn calc_reports_receiver_space_and_missing_incremental_bases() {
     let sys = FakeSystem::new("reference-system");
-    let text = CONFIG
-        .replace("PATCHING", "no")
+    let text = qzb_blackbox_tests::shared_config(false)
         .replace("target-snapshot: \"@b1\"", "target-snapshot: \"@b2\"")
         .replace("since: beginning", "since: \"@b1\"")
         .replace("members: [mainpool/shared]", "members: [mainpool/dom0]");
@@ -585,7 +545,7 @@ fn send_sends_every_ready_target_and_lists_the_ones_not_ready_with_exit_10() {
     let mut v = json_file(&path);
     v["zfs"]["datasets"]["mainpool/shared/junk"]["snapshots"] = serde_json::json!([]);
     write_json(&path, &v);
-    let file = sys.write("shared.yaml", &CONFIG.replace("PATCHING", "no"));
+    let file = sys.write("shared.yaml", &qzb_blackbox_tests::shared_config(false));
     sys.driver(&["import", &file]).expect(0);
     let run = sys.driver(&["send", "shared"]);
     run.expect(10);
