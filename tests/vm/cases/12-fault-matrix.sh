@@ -200,7 +200,9 @@ start_send() {
   # The fakes read their settings and faults from bin/fake.env (the driver clears the env).
   printf '%s\n' "${envv[@]}" "$@" | grep -v '^PATH=' > "$QZB_DRV_DIR/bin/fake.env.tmp"
   mv "$QZB_DRV_DIR/bin/fake.env.tmp" "$QZB_DRV_DIR/bin/fake.env"
-  env "${envv[@]}" "$@" "$QZB_DRV_BIN" --metadata-dir "$QZB_DRV_DIR/md" send "$CFG" > "$log" 2>&1 &
+  # --timeout 120: an export can leave the agent's receive stuck on the gone pool; the driver then
+  # waits the whole timeout (600 s by default, seen to cost one row 624 s) before it ends the call.
+  env "${envv[@]}" "$@" "$QZB_DRV_BIN" --metadata-dir "$QZB_DRV_DIR/md" --timeout 120 send "$CFG" > "$log" 2>&1 &
   DRV_PID=$!
   SEND_LOG=$log
 }
