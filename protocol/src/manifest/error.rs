@@ -63,6 +63,19 @@ pub enum ManifestError {
     BodyMismatch,
     /// A MAC-checked header whose fields are not canonical (`what` says which).
     BadHeader(&'static str),
+    /// Verified headers that do not form one chain (`seq` of the manifest where it breaks).
+    ChainBroken { seq: u64, reason: &'static str },
+    /// A block read back from the medium whose tag does not match the manifest: altered, or
+    /// moved from another offset.
+    ReadBackAltered { offset: u64 },
+    /// A data block the manifests list that the medium did not return.
+    ReadBackMissing { offset: u64 },
+    /// A non-zero block read back where the manifests say the volume holds zeros.
+    ReadBackUnexpected { offset: u64 },
+    /// A block read back at or before the previous one, or off a block boundary.
+    ReadBackOrder { offset: u64, next: u64 },
+    /// A block read back that is not exactly one volblocksize long.
+    ReadBackBlockSize { offset: u64, len: u64, block: u64 },
 }
 
 impl fmt::Display for ManifestError {
@@ -146,6 +159,29 @@ impl fmt::Display for ManifestError {
             BadMac => write!(f, "manifest header MAC does not match"),
             BodyMismatch => write!(f, "manifest body does not match its header"),
             BadHeader(what) => write!(f, "manifest header: {what}"),
+            ChainBroken { seq, reason } => {
+                write!(f, "manifest chain broken at sequence number {seq}: {reason}")
+            }
+            ReadBackAltered { offset } => write!(
+                f,
+                "the block at offset {offset} does not match its manifest tag (altered or moved)"
+            ),
+            ReadBackMissing { offset } => write!(
+                f,
+                "the data block at offset {offset} is in the manifests but was not read back"
+            ),
+            ReadBackUnexpected { offset } => write!(
+                f,
+                "a non-zero block was read back at offset {offset}, where the manifests say zeros"
+            ),
+            ReadBackOrder { offset, next } => write!(
+                f,
+                "block read back at offset {offset} is out of order or misaligned (expected {next} or later, on a block boundary)"
+            ),
+            ReadBackBlockSize { offset, len, block } => write!(
+                f,
+                "block read back at offset {offset} has {len} bytes, not the volblocksize {block}"
+            ),
         }
     }
 }

@@ -18,7 +18,10 @@ mod builder;
 mod entry;
 mod error;
 mod header;
+mod merge;
 
+#[cfg(test)]
+mod merge_tests;
 #[cfg(test)]
 mod tests;
 
@@ -31,3 +34,4 @@ pub use header::{
     check_volume_name, ManifestHeader, HEADER_MAGIC, HEADER_VERSION, MAX_HEADER_LEN,
     MAX_VOLUME_LEN, MIN_HEADER_LEN,
 };
+pub use merge::{check_chain, BlockCheck, BlockCheckSummary, ChainMerge, Expected};
