@@ -177,6 +177,11 @@ impl<W: IoWrite> ManifestBuilder<W> {
         self.error.as_ref()
     }
 
+    /// Flushes the body writer (see "Resumed streams" in protocol/README.md for when).
+    pub fn flush_body(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+
     /// Entries written so far.
     pub fn entries(&self) -> u64 {
         self.entries

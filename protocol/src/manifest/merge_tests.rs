@@ -7,6 +7,13 @@ const BS: u64 = 512;
 const BLOCKS: u64 = 24;
 const KEY: [u8; 32] = [3; 32];
 
+/// Manifests (header and body) of a chain, oldest first.
+type Chain = Vec<(ManifestHeader, Vec<u8>)>;
+/// A volume image, block by block.
+type Image = Vec<Vec<u8>>;
+/// A header mutation and its name.
+type Mutation = (&'static str, fn(&mut ManifestHeader));
+
 /// A tiny deterministic generator (xorshift), so every failing case can be replayed.
 struct Rng(u64);
 impl Rng {
@@ -69,7 +76,7 @@ fn manifest(
                 len: *len,
                 tag: block_tag(&KEY, *offset, b),
             },
-            None if *len == BS && seq % 2 == 0 => Entry {
+            None if *len == BS && seq.is_multiple_of(2) => Entry {
                 kind: EntryKind::Hole,
                 offset: *offset,
                 len: BS,
@@ -102,7 +109,7 @@ fn manifest(
 }
 
 /// A random chain and the image its last snapshot holds.
-fn random_chain(seed: u64, len: u64) -> (Vec<(ManifestHeader, Vec<u8>)>, Vec<Vec<u8>>) {
+fn random_chain(seed: u64, len: u64) -> (Chain, Image) {
     let mut rng = Rng(seed);
     let mut image = vec![vec![0u8; BS as usize]; BLOCKS as usize];
     let mut chain: Vec<(ManifestHeader, Vec<u8>)> = Vec::new();
@@ -278,7 +285,7 @@ fn a_chain_must_start_full_and_link_each_delta_to_the_one_before() {
         "starts with an incremental"
     );
 
-    let mutations: [(&str, fn(&mut ManifestHeader)); 6] = [
+    let mutations: [Mutation; 6] = [
         ("parent", |h| h.parent_guid ^= 1),
         ("seq", |h| h.seq += 1),
         ("prev hash", |h| h.prev_header_hash[0] ^= 1),
@@ -320,4 +327,290 @@ fn a_body_shorter_than_its_header_says_fails_the_merge() {
         check.finish()
     });
     assert!(result.is_err());
+}
+
+mod whole_streams {
+    //! `StreamManifests` over real record streams (`-I` packages, resumed streams), then the
+    //! merge and the read-back check over what it made.
+    use super::*;
+    use crate::manifest::{
+        ChainStart, Resume, SnapshotFacts, StreamManifests, Volume, OBJECT_TYPE_ZVOL,
+        OBJSET_TYPE_ZVOL,
+    };
+    use crate::zstream::writer::StreamWriter;
+    use crate::zstream::{feature, Begin, Free, HeaderType, Object, Tap, Write};
+    use std::sync::{Arc, Mutex};
+
+    const VOLSIZE: u64 = BLOCKS * BS;
+
+    type Body = Arc<Mutex<Vec<u8>>>;
+    #[derive(Clone, Default)]
+    struct Bodies(Arc<Mutex<Vec<(u64, Body)>>>);
+
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl SnapshotFacts for Bodies {
+        fn volsize(&self, toname: &[u8]) -> Option<u64> {
+            toname
+                .starts_with(b"pool/qubes/work/private@")
+                .then_some(VOLSIZE)
+        }
+        fn body_writer(&mut self, toguid: u64) -> std::io::Result<Box<dyn std::io::Write + Send>> {
+            let body = Arc::new(Mutex::new(Vec::new()));
+            self.0.lock().unwrap().push((toguid, body.clone()));
+            Ok(Box::new(Shared(body)))
+        }
+    }
+
+    fn volume() -> Volume {
+        Volume {
+            qube: "work".into(),
+            volume: "private".into(),
+            dataset: "pool/qubes/work/private".into(),
+            volblocksize: BS,
+        }
+    }
+
+    /// One snapshot's sub-stream: blocks `writes` (index, seed or 0 for zeros), frees.
+    #[allow(clippy::too_many_arguments)] // a record stream's knobs, spelled out at each call
+    fn substream(
+        w: &mut StreamWriter,
+        name: &[u8],
+        toguid: u64,
+        fromguid: u64,
+        writes: &[(u64, u64)],
+        frees: &[(u64, u64)],
+        features: u64,
+        payload: &[u8],
+    ) {
+        w.begin(&Begin {
+            header_type: HeaderType::Substream,
+            featureflags: features,
+            creation_time: 1_700_000_000,
+            objset_type: OBJSET_TYPE_ZVOL,
+            flags: 0,
+            toguid,
+            fromguid,
+            toname: name,
+            payload,
+        });
+        w.object(&Object {
+            object: 1,
+            object_type: OBJECT_TYPE_ZVOL,
+            bonus_type: 0,
+            blksz: BS as u32,
+            bonuslen: 0,
+            checksum_type: 0,
+            compress: 0,
+            dn_slots: 1,
+            flags: 0,
+            raw_bonuslen: 0,
+            indblkshift: 17,
+            nlevels: 1,
+            nblkptr: 1,
+            maxblkid: BLOCKS - 1,
+            bonus: &[],
+        });
+        let mut items: Vec<(u64, Option<u64>, u64)> = writes
+            .iter()
+            .map(|&(b, seed)| (b, Some(seed), 1))
+            .chain(frees.iter().map(|&(b, n)| (b, None, n)))
+            .collect();
+        items.sort();
+        for (b, seed, n) in items {
+            match seed {
+                Some(seed) => {
+                    let data = if seed == 0 {
+                        vec![0; BS as usize]
+                    } else {
+                        block_bytes(seed)
+                    };
+                    w.write(&Write {
+                        object: 1,
+                        object_type: OBJECT_TYPE_ZVOL,
+                        offset: b * BS,
+                        logical_size: BS,
+                        checksum_type: 7,
+                        flags: 0,
+                        compression: 0,
+                        compressed_size: 0,
+                        payload: &data,
+                    });
+                }
+                None => w.free(&Free {
+                    object: 1,
+                    offset: b * BS,
+                    length: n * BS,
+                }),
+            }
+        }
+        w.end(toguid);
+    }
+
+    /// Blocks written (index, seed) and ranges freed (index, count) by one snapshot.
+    type Step<'a> = (&'a [(u64, u64)], &'a [(u64, u64)]);
+
+    fn image_after(steps: &[Step<'_>]) -> Vec<Vec<u8>> {
+        let mut image = vec![vec![0u8; BS as usize]; BLOCKS as usize];
+        for (writes, frees) in steps {
+            for &(b, seed) in *writes {
+                image[b as usize] = if seed == 0 {
+                    vec![0; BS as usize]
+                } else {
+                    block_bytes(seed)
+                };
+            }
+            for &(b, n) in *frees {
+                for x in b..b + n {
+                    image[x as usize] = vec![0; BS as usize];
+                }
+            }
+        }
+        image
+    }
+
+    fn run(
+        stream: &[u8],
+        start: ChainStart,
+        resume: Option<Resume<Box<dyn std::io::Read + Send>>>,
+        bodies: &Bodies,
+    ) -> Result<Vec<ManifestHeader>, ManifestError> {
+        let sink =
+            StreamManifests::new(volume(), KEY, 1_700_000_100, bodies.clone(), start, resume);
+        let mut tap = Tap::new(sink);
+        for chunk in stream.chunks(333) {
+            tap.feed(chunk).expect("stream parses");
+            tap.sink_mut().flush().unwrap();
+        }
+        tap.finish().expect("stream ends");
+        Ok(tap
+            .into_sink()
+            .finish()?
+            .into_iter()
+            .map(|f| {
+                assert_eq!(f.mac, f.header.mac(&KEY));
+                f.header
+            })
+            .collect())
+    }
+
+    const S1: &[(u64, u64)] = &[(0, 11), (1, 12), (2, 0), (5, 13), (9, 14)];
+    const S2: &[(u64, u64)] = &[(1, 21), (7, 22)];
+    const S2_FREE: &[(u64, u64)] = &[(5, 2)];
+    const S3: &[(u64, u64)] = &[(0, 31), (20, 32)];
+
+    fn i_package(w: &mut StreamWriter) {
+        w.begin(&Begin {
+            header_type: HeaderType::Compound,
+            featureflags: 0,
+            creation_time: 1_700_000_000,
+            objset_type: OBJSET_TYPE_ZVOL,
+            flags: 0,
+            toguid: 0,
+            fromguid: 0,
+            toname: b"pool/qubes/work/private@s3",
+            payload: &[],
+        });
+        w.compound_end();
+        substream(w, b"pool/qubes/work/private@s2", 2, 1, S2, S2_FREE, 0, &[]);
+        substream(w, b"pool/qubes/work/private@s3", 3, 2, S3, &[], 0, &[]);
+        w.package_end();
+    }
+
+    #[test]
+    fn full_then_i_package_chain_merges_to_the_last_snapshot() {
+        let bodies = Bodies::default();
+        let mut w = StreamWriter::new();
+        substream(&mut w, b"pool/qubes/work/private@s1", 1, 0, S1, &[], 0, &[]);
+        let full = run(&w.into_bytes(), ChainStart::full(), None, &bodies).unwrap();
+        assert_eq!(full.len(), 1);
+        let mut w = StreamWriter::new();
+        i_package(&mut w);
+        let incr = run(&w.into_bytes(), ChainStart::after(&full[0]), None, &bodies).unwrap();
+        assert_eq!(incr.iter().map(|h| h.seq).collect::<Vec<_>>(), [1, 2]);
+        let headers: Vec<ManifestHeader> = full.into_iter().chain(incr).collect();
+        check_chain(&headers).unwrap();
+
+        let bodies = bodies.0.lock().unwrap();
+        let chain: Vec<(ManifestHeader, Vec<u8>)> = headers
+            .iter()
+            .zip(bodies.iter())
+            .map(|(h, (guid, body))| {
+                assert_eq!(*guid, h.snapshot_guid);
+                let body = body.lock().unwrap().clone();
+                h.verify_body(body.as_slice()).unwrap();
+                (h.clone(), body)
+            })
+            .collect();
+        let image = image_after(&[(S1, &[]), (S2, S2_FREE), (S3, &[])]);
+        let summary = read_back(&chain, non_zero_blocks(&image)).unwrap();
+        assert_eq!(
+            summary.data_blocks, 5,
+            "blocks 0, 1, 7, 9 and 20 (5 was freed)"
+        );
+    }
+
+    #[test]
+    fn a_stream_that_does_not_start_at_the_last_manifest_is_refused() {
+        let bodies = Bodies::default();
+        let mut w = StreamWriter::new();
+        i_package(&mut w);
+        let stale = ChainStart {
+            parent_guid: 99,
+            seq: 4,
+            prev_header_hash: [1; 32],
+        };
+        assert!(matches!(
+            run(&w.into_bytes(), stale, None, &bodies),
+            Err(ManifestError::ChainBroken { seq: 4, .. })
+        ));
+        let mut w = StreamWriter::new();
+        substream(&mut w, b"pool/qubes/work/private@s2", 2, 1, S2, &[], 0, &[]);
+        assert!(
+            run(&w.into_bytes(), ChainStart::full(), None, &bodies).is_err(),
+            "an incremental where a full stream was planned"
+        );
+    }
+
+    #[test]
+    fn resumed_full_stream_gives_the_same_manifest_as_an_uninterrupted_one() {
+        let bodies = Bodies::default();
+        let mut w = StreamWriter::new();
+        substream(&mut w, b"pool/qubes/work/private@s1", 1, 0, S1, &[], 0, &[]);
+        let whole = run(&w.into_bytes(), ChainStart::full(), None, &bodies).unwrap();
+        let whole_body = bodies.0.lock().unwrap()[0].1.lock().unwrap().clone();
+
+        // The receiver kept blocks before 5: the resumed stream starts there.
+        let resumed_writes: Vec<(u64, u64)> = S1.iter().copied().filter(|(b, _)| *b >= 5).collect();
+        let mut w = StreamWriter::new();
+        substream(
+            &mut w,
+            b"pool/qubes/work/private@s1",
+            1,
+            0,
+            &resumed_writes,
+            &[],
+            feature::RESUMING,
+            &[0; 8],
+        );
+        let bodies = Bodies::default();
+        let resume = Resume {
+            previous_body: Box::new(std::io::Cursor::new(whole_body.clone()))
+                as Box<dyn std::io::Read + Send>,
+            object: 1,
+            offset: 5 * BS,
+        };
+        let again = run(&w.into_bytes(), ChainStart::full(), Some(resume), &bodies).unwrap();
+        assert_eq!(again, whole);
+        assert_eq!(*bodies.0.lock().unwrap()[0].1.lock().unwrap(), whole_body);
+    }
 }

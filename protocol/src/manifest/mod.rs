@@ -19,6 +19,7 @@ mod entry;
 mod error;
 mod header;
 mod merge;
+mod stream;
 
 #[cfg(test)]
 mod merge_tests;
@@ -35,3 +36,4 @@ pub use header::{
     MAX_VOLUME_LEN, MIN_HEADER_LEN,
 };
 pub use merge::{check_chain, BlockCheck, BlockCheckSummary, ChainMerge, Expected};
+pub use stream::{ChainStart, Finished, Resume, SnapshotFacts, StreamManifests, Volume};
