@@ -316,8 +316,14 @@ fn frame(args: &[String]) -> Result<(), String> {
     let activity = dom0_driver::stream::client::Activity::new();
     let mut to_agent =
         io::BufWriter::with_capacity(dom0_driver::stream::client::SESSION_WRITE_BUFFER, to_agent);
-    let pumped =
-        dom0_driver::stream::pump::pump(from_source, &mut to_agent, &activity, || {}, |_| {});
+    let pumped = dom0_driver::stream::pump::pump(
+        from_source,
+        &mut to_agent,
+        &activity,
+        &mut |_| Ok(()),
+        || {},
+        |_| {},
+    );
     if let Some(e) = pumped.read_error {
         return Err(format!("frame: reading the source: {e}"));
     }

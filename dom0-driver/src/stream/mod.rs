@@ -11,4 +11,5 @@ pub mod pump;
 pub mod qrexec;
 pub mod receiver;
 pub mod send;
+pub mod tap;
 pub mod verify;

@@ -43,6 +43,10 @@ struct Framed {
 
 /// Reads `source` to EOF and writes it to `sink` as data frames.
 ///
+/// `observe` sees every chunk on the reader thread before the chunk is framed and forwarded
+/// (the stream tap that builds manifests): an error from it ends the pump like a read error,
+/// and the chunk is not forwarded, so the receiver never holds data the tap has not seen.
+///
 /// `stop_source` runs if writing fails, before this function waits for the reader thread: it
 /// must make a blocked read of `source` return (the driver kills `zfs send`). `progress` is
 /// called with the bytes written so far after each frame. `activity` is touched whenever
@@ -51,6 +55,7 @@ pub fn pump<R: Read + Send>(
     source: R,
     sink: &mut (impl Write + ?Sized),
     activity: &Activity,
+    observe: &mut (dyn FnMut(&[u8]) -> io::Result<()> + Send),
     stop_source: impl FnOnce(),
     mut progress: impl FnMut(u64),
 ) -> Pumped {
@@ -68,7 +73,7 @@ pub fn pump<R: Read + Send>(
             while let Ok(mut buf) = free_rx.recv() {
                 let message = match read_chunk(&mut source, &mut buf) {
                     Ok(0) => break,
-                    Ok(len) => Ok(Framed {
+                    Ok(len) => observe(&buf[..len]).map(|()| Framed {
                         prefix: framer.frame_prefix(&buf[..len]),
                         buf,
                         len,
@@ -228,6 +233,7 @@ mod tests {
         let source = pattern(5 * MAX_DATA_CHUNK + 12_345);
         let mut wire = Vec::new();
         let mut reported = Vec::new();
+        let mut observed = Vec::new();
         let pumped = pump(
             Trickle {
                 data: &source,
@@ -236,9 +242,14 @@ mod tests {
             },
             &mut wire,
             &Activity::new(),
+            &mut |chunk| {
+                observed.extend_from_slice(chunk);
+                Ok(())
+            },
             || panic!("nothing failed, nothing to stop"),
             |bytes| reported.push(bytes),
         );
+        assert_eq!(observed, source, "the observer saw every byte, in order");
         assert!(pumped.read_error.is_none() && pumped.write_error.is_none());
         assert_eq!(pumped.bytes, source.len() as u64);
         pumped.framer.finish(&mut wire).unwrap();
@@ -259,7 +270,14 @@ mod tests {
     #[test]
     fn an_empty_source_makes_no_data_frames() {
         let mut wire = Vec::new();
-        let pumped = pump(io::empty(), &mut wire, &Activity::new(), || {}, |_| {});
+        let pumped = pump(
+            io::empty(),
+            &mut wire,
+            &Activity::new(),
+            &mut |_| Ok(()),
+            || {},
+            |_| {},
+        );
         assert_eq!(pumped.bytes, 0);
         assert!(wire.is_empty());
         pumped.framer.finish(&mut wire).unwrap();
@@ -278,6 +296,7 @@ mod tests {
             },
             &mut wire,
             &Activity::new(),
+            &mut |_| Ok(()),
             || {},
             |_| {},
         );
@@ -339,6 +358,7 @@ mod tests {
             },
             &mut sink,
             &Activity::new(),
+            &mut |_| Ok(()),
             move || stop.store(true, Ordering::SeqCst),
             |_| {},
         );
@@ -366,5 +386,42 @@ mod tests {
             sizes.push(buf.len() - DATA_PREFIX_LEN);
         }
         (data, sizes)
+    }
+
+    #[test]
+    fn an_observer_error_ends_the_pump_before_that_chunk_is_forwarded() {
+        let source = pattern(3 * MIN_FRAME);
+        let mut wire = Vec::new();
+        let mut chunks = 0;
+        let pumped = pump(
+            Trickle {
+                data: &source,
+                step: MIN_FRAME,
+                then_error: false,
+            },
+            &mut wire,
+            &Activity::new(),
+            &mut |_| {
+                chunks += 1;
+                if chunks == 2 {
+                    Err(io::Error::other("the tap refused the stream"))
+                } else {
+                    Ok(())
+                }
+            },
+            || {},
+            |_| {},
+        );
+        assert_eq!(
+            pumped.read_error.unwrap().to_string(),
+            "the tap refused the stream"
+        );
+        assert_eq!(
+            pumped.bytes, MIN_FRAME as u64,
+            "only the first chunk went out"
+        );
+        let (data, _, ended) = unframe(&wire);
+        assert_eq!(data, source[..MIN_FRAME]);
+        assert!(!ended);
     }
 }

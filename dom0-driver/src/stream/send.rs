@@ -105,6 +105,7 @@ fn stream_target(
         stdout,
         sink,
         &activity,
+        &mut |_| Ok(()),
         // If the receiver went away, stop zfs send now rather than let it block on a full pipe.
         || zfs_send.kill(),
         |bytes| progress.update(bytes, false),

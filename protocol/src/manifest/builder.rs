@@ -177,6 +177,11 @@ impl<W: IoWrite> ManifestBuilder<W> {
         self.error.as_ref()
     }
 
+    /// The error a `finish` now would return: the first error met, else [`ManifestError::Incomplete`].
+    pub fn error_or_incomplete(self) -> ManifestError {
+        self.error.unwrap_or(ManifestError::Incomplete)
+    }
+
     /// Flushes the body writer (see "Resumed streams" in protocol/README.md for when).
     pub fn flush_body(&mut self) -> std::io::Result<()> {
         self.out.flush()

@@ -495,6 +495,7 @@ mod whole_streams {
         Ok(tap
             .into_sink()
             .finish()?
+            .0
             .into_iter()
             .map(|f| {
                 assert_eq!(f.mac, f.header.mac(&KEY));

@@ -131,15 +131,16 @@ impl<F: SnapshotFacts> StreamManifests<F> {
     }
 
     /// Ends: the first error, or a snapshot whose END did not come, or else every finished
-    /// manifest in stream order.
-    pub fn finish(self) -> Result<Vec<Finished<Box<dyn IoWrite + Send>>>, ManifestError> {
+    /// manifest in stream order, and the facts back.
+    #[allow(clippy::type_complexity)] // a list and a value, named by the doc above
+    pub fn finish(self) -> Result<(Vec<Finished<Box<dyn IoWrite + Send>>>, F), ManifestError> {
         if let Some(e) = self.error {
             return Err(e);
         }
-        if self.current.is_some() {
-            return Err(ManifestError::Incomplete);
+        if let Some(builder) = self.current {
+            return Err(builder.error_or_incomplete());
         }
-        Ok(self.finished)
+        Ok((self.finished, self.facts))
     }
 
     fn start(&mut self, begin: &Begin<'_>) -> Result<(), ManifestError> {
