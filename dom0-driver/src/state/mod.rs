@@ -13,6 +13,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+pub mod chains;
+
 pub const FORMAT: &str = "qubes-zfs-backup-state";
 pub const VERSION: u32 = 1;
 /// A state file larger than this is refused rather than read (a plan of 100,000 targets is
@@ -226,33 +228,10 @@ impl Store {
     pub fn save(&self, state: &BackupState) -> Result<()> {
         self.ensure_dir()?;
         let path = self.path(&state.name);
-        let tmp = self
-            .dir
-            .join(format!(".{}.json.tmp-{}", state.name, std::process::id()));
-        let io = |what: &str, e: std::io::Error| {
-            Error::State(format!("cannot {what} {}: {e}", tmp.display()))
-        };
         let text = serde_json::to_vec_pretty(state)
             .map_err(|e| Error::State(format!("cannot encode state: {e}")))?;
-        let mut opts = OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        let mut f = opts.open(&tmp).map_err(|e| io("create", e))?;
-        // From here on every failure (a full disk fails the write or the fsync) removes the
-        // temporary file again; only a successful rename keeps it, under its real name.
-        let guard = TempFile(Some(&tmp));
-        f.write_all(&text).map_err(|e| io("write", e))?;
-        f.sync_all().map_err(|e| io("sync", e))?;
-        drop(f);
-        fs::rename(&tmp, &path)
-            .map_err(|e| Error::State(format!("cannot replace {}: {e}", path.display())))?;
-        guard.keep();
-        // The rename is durable only once the directory entry is.
-        if let Ok(d) = File::open(&self.dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        write_atomic(&path, &text, 0o600)
+            .map_err(|e| Error::State(format!("cannot write {}: {e}", path.display())))
     }
 
     /// Every imported backup, by name. A state file that cannot be read is listed with its error
@@ -317,21 +296,29 @@ pub struct Listed {
 }
 
 /// Removes a temporary file when dropped, unless [`TempFile::keep`] was called.
-struct TempFile<'p>(Option<&'p Path>);
-
-impl TempFile<'_> {
-    /// The file was renamed into place: nothing to remove.
-    fn keep(mut self) {
-        self.0 = None;
+/// Writes `bytes` to `path` atomically and durably: a temporary file beside it (mode `mode`),
+/// fsync, rename, fsync of the directory. A `kill -9` or a full disk at any moment leaves the old
+/// file or the new one, never a torn one, and no temporary file after an error.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let mut opts = OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, mode);
+    let written = opts.open(&tmp).and_then(|mut f| {
+        f.write_all(bytes)?;
+        f.sync_all()
+    });
+    if let Err(e) = written.and_then(|()| fs::rename(&tmp, path)) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
     }
-}
-
-impl Drop for TempFile<'_> {
-    fn drop(&mut self) {
-        if let Some(p) = self.0 {
-            let _ = fs::remove_file(p);
-        }
+    // The rename is durable only once the directory entry is.
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
     }
+    Ok(())
 }
 
 /// Holds a backup's lock until dropped.
@@ -497,7 +484,10 @@ mod tests {
         let store = Store::new(&dir);
         fs::create_dir_all(dir.join("mybackup1.json/x")).unwrap();
         let e = store.save(&sample()).unwrap_err().to_string();
-        assert!(e.contains("cannot replace"), "{e}");
+        assert!(
+            e.contains("cannot write") && e.contains("mybackup1.json"),
+            "{e}"
+        );
         assert_eq!(tmp_files(&dir), Vec::<String>::new());
         fs::remove_dir_all(&dir).unwrap();
     }

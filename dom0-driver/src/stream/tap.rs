@@ -8,6 +8,8 @@
 //! header's encoding followed by its 32-byte MAC, written when the snapshot's END passed). A
 //! finished pair stays until it is stored on the medium.
 
+use crate::state::chains::name_id;
+use crate::state::write_atomic;
 use qzb_protocol::manifest::{
     ChainStart, Finished, ManifestHeader, Resume, SnapshotFacts, StreamManifests, Volume,
 };
@@ -16,12 +18,6 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
-
-/// A short stable id of a dataset name, for file and blob names (dataset names may hold
-/// characters that file and blob names do not).
-pub fn dataset_id(dataset: &str) -> String {
-    blake3::hash(dataset.as_bytes()).to_hex()[..24].to_owned()
-}
 
 /// The spool of one volume dataset.
 #[derive(Clone, Debug)]
@@ -32,7 +28,7 @@ pub struct Spool {
 impl Spool {
     pub fn new(spool_root: &Path, dataset: &str) -> Self {
         Spool {
-            dir: spool_root.join(dataset_id(dataset)),
+            dir: spool_root.join(name_id(dataset)),
         }
     }
 
@@ -85,11 +81,7 @@ impl Spool {
 pub fn write_head(path: &Path, header: &ManifestHeader, mac: &[u8; 32]) -> io::Result<()> {
     let mut bytes = header.encode();
     bytes.extend_from_slice(mac);
-    let tmp = path.with_extension("head.tmp");
-    let mut f = File::create(&tmp)?;
-    f.write_all(&bytes)?;
-    f.sync_all()?;
-    fs::rename(&tmp, path)
+    write_atomic(path, &bytes, 0o600)
 }
 
 /// Splits a stored head into the header's encoding and its MAC (no parsing: the caller
