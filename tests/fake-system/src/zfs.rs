@@ -663,6 +663,7 @@ fn snapshot(root: &Path, host: &str, args: &[String]) -> Res {
                 size: prev.and_then(|x| x.size),
                 incr_size: prev.and_then(|x| x.incr_size),
                 used: None,
+                delta: None,
                 creation: None,
             };
             ds.snapshots.push(snap);

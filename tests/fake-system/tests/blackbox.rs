@@ -283,36 +283,48 @@ fn send_dry_run_parsable_formats() {
         out(&o),
         "incremental\tmainpool/dom0@b1\tmainpool/dom0@b2\t76800\nsize\t76800\n"
     );
-    // -I: dump_snapshot prints the short previous snapshot name
-    let o = s.zfs(
-        "dom0",
-        &[
-            "send",
-            "-nvP",
-            "-I",
-            "@s1",
-            "mainpool/qubes/work/private@qubes:stop:1700000000.000000",
-        ],
-    );
+    // -I: dump_snapshot prints the short previous snapshot name. Volumes send real records:
+    // each line is its sub-stream's bytes, `size` the exact bytes of the whole stream (here
+    // with the compound wrapper of -I: BEGIN, END, final END).
+    let stop = "mainpool/qubes/work/private@qubes:stop:1700000000.000000";
+    let o = s.zfs("dom0", &["send", "-nvP", "-I", "@s1", stop]);
+    let lines: Vec<Vec<String>> = out(&o)
+        .lines()
+        .map(|l| l.split('\t').map(String::from).collect())
+        .collect();
+    assert_eq!(lines.len(), 3, "{}", out(&o));
     assert_eq!(
-        out(&o),
-        "incremental\ts1\tmainpool/qubes/work/private@b1\t76800\nincremental\tb1\tmainpool/qubes/work/private@qubes:stop:1700000000.000000\t76800\nsize\t153600\n"
+        lines[0][..3],
+        ["incremental", "s1", "mainpool/qubes/work/private@b1"]
+    );
+    assert_eq!(lines[1][..3], ["incremental", "b1", stop]);
+    assert_eq!(lines[2][0], "size");
+    let n = |l: &[String]| l.last().unwrap().parse::<u64>().unwrap();
+    assert_eq!(n(&lines[0]) + n(&lines[1]) + 3 * 312, n(&lines[2]));
+    assert_eq!(
+        send_bytes(&s, &["-I", "@s1", stop]).len() as u64,
+        n(&lines[2])
     );
     // clone from its origin
-    let o = s.zfs(
-        "dom0",
-        &[
-            "send",
-            "-nvP",
-            "-i",
-            "mainpool/qubes/work/private@s1",
-            "mainpool/qubes/work-clone/private@c1",
-        ],
+    let (from, clone) = (
+        "mainpool/qubes/work/private@s1",
+        "mainpool/qubes/work-clone/private@c1",
     );
+    let o = s.zfs("dom0", &["send", "-nvP", "-i", from, clone]);
+    let size = send_bytes(&s, &["-i", from, clone]).len();
     assert_eq!(
         out(&o),
-        "incremental\tmainpool/qubes/work/private@s1\tmainpool/qubes/work-clone/private@c1\t76800\nsize\t76800\n"
+        format!("incremental\t{from}\t{clone}\t{size}\nsize\t{size}\n")
     );
+}
+
+/// The bytes of `zfs send <args>` on dom0.
+fn send_bytes(s: &Sys, args: &[&str]) -> Vec<u8> {
+    let mut a = vec!["send"];
+    a.extend_from_slice(args);
+    let o = s.zfs("dom0", &a);
+    assert!(o.status.success(), "{}", err(&o));
+    o.stdout
 }
 
 #[test]
