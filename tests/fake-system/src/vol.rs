@@ -66,7 +66,7 @@ fn h64(parts: &[&[u8]]) -> u64 {
 
 /// Whether the block of generator `g` at byte offset `off` is all zeros (a hole).
 pub fn is_zero(g: u64, off: u64) -> bool {
-    g == 0 || h64(&[b"qzb-fake zvol zero", &g.to_le_bytes(), &off.to_le_bytes()]) % 8 == 0
+    g == 0 || h64(&[b"qzb-fake zvol zero", &g.to_le_bytes(), &off.to_le_bytes()]).is_multiple_of(8)
 }
 
 /// The data block of generator `g` at byte offset `off` (not all zeros: see [`is_zero`]).
@@ -165,7 +165,11 @@ fn generated(d: &Dataset, idx: usize, guid: u64, base_tail: u64) -> VolDelta {
         let n = s.incremental_size().div_ceil(bs).min(nvol);
         let start = h64(&[b"qzb-fake zvol start", &guid.to_le_bytes()]) % (nvol - n + 1);
         let f = h64(&[b"qzb-fake zvol free", &guid.to_le_bytes()]);
-        let m = if f % 4 == 0 { 1 + (f >> 8) % 4 } else { 0 };
+        let m = if f.is_multiple_of(4) {
+            1 + (f >> 8) % 4
+        } else {
+            0
+        };
         if m > 0 && start >= m {
             delta.push(start - m, start, 0);
             delta.push(start, start + n, guid);

@@ -438,7 +438,7 @@ impl<W: std::io::Write> Out<'_, W> {
             self.out.write_all(&data[..n])?;
             self.written += n as u64;
             data = &data[n..];
-            if self.written % 65536 == 0 {
+            if self.written.is_multiple_of(65536) {
                 if let Some(d) = self.f.delay {
                     self.out.flush()?;
                     if let Some(p) = &self.progress {
@@ -687,8 +687,8 @@ impl Sink for RxSink {
                 let bs = self.vbs as usize;
                 let blocks = if bs == 0
                     || !w.is_plain()
-                    || w.payload.len() % bs != 0
-                    || w.offset % self.vbs != 0
+                    || !w.payload.len().is_multiple_of(bs)
+                    || !w.offset.is_multiple_of(self.vbs)
                 {
                     vec![None]
                 } else {
