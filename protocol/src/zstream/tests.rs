@@ -955,3 +955,27 @@ fn arbitrary_bytes_and_mutated_streams_never_panic() {
         }
     }
 }
+
+#[test]
+fn a_stream_taken_piece_by_piece_is_the_same_stream() {
+    let mut w = StreamWriter::new();
+    let mut pieces = Vec::new();
+    w.begin(&begin(b"pool/vm/root@s1", 0, 0, &[]));
+    pieces.extend(w.take_bytes());
+    assert!(w.bytes().is_empty());
+    zvol_object(&mut w);
+    plain_write(&mut w, 0, &block(1));
+    pieces.extend(w.take_bytes());
+    free(&mut w, BLOCK, u64::MAX);
+    w.end(TOGUID);
+    pieces.extend(w.take_bytes());
+
+    let mut whole = StreamWriter::new();
+    whole.begin(&begin(b"pool/vm/root@s1", 0, 0, &[]));
+    zvol_object(&mut whole);
+    plain_write(&mut whole, 0, &block(1));
+    free(&mut whole, BLOCK, u64::MAX);
+    whole.end(TOGUID);
+    assert_eq!(pieces, whole.into_bytes());
+    parse_ok(&pieces);
+}

@@ -45,6 +45,12 @@ impl StreamWriter {
         self.out
     }
 
+    /// Takes the bytes written so far, leaving the writer empty but in the same place in the
+    /// stream (its running checksum continues): to write a long stream out piece by piece.
+    pub fn take_bytes(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.out)
+    }
+
     /// The fletcher-4 of the current (sub-)stream so far.
     pub fn checksum(&self) -> [u64; 4] {
         self.cksum.words()

@@ -10,6 +10,8 @@ mod sendrecv;
 mod state;
 mod stream;
 mod token;
+mod vol;
+mod vstream;
 mod zfs;
 
 use std::io::Write;

@@ -4,6 +4,7 @@ use crate::opts::getopt;
 use crate::state::{self, Dataset, Kind, Partial, Snapshot, Zfs};
 use crate::stream::{self, Header};
 use crate::token;
+use crate::vstream;
 use crate::zfs::{fatal, find_snap, nicenum, parent, split_snap, Res, Unsupported};
 use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
@@ -131,7 +132,10 @@ fn plan_send(
         } else {
             None
         };
-        let total = if from.is_some() {
+        let total = if d.kind == Kind::Volume {
+            // the token's offset is a byte offset into the volume
+            crate::vol::volsize(d)
+        } else if from.is_some() {
             s.incremental_size()
         } else {
             s.full_size()
@@ -307,6 +311,43 @@ pub fn send(root: &Path, host: &str, args: &[String]) -> Res {
             return Ok(1);
         }
     };
+    let volume = plan
+        .streams
+        .first()
+        .is_some_and(|(_, h)| h.kind == Kind::Volume);
+    let mut vsubs = Vec::new();
+    let mut compound = None;
+    if volume {
+        for (_, h) in &plan.streams {
+            if let Some(d) = h
+                .toname
+                .split_once('@')
+                .and_then(|(dn, _)| st.zfs.datasets.get(dn))
+            {
+                // without -L, zfs splits larger blocks into 128 KiB records: not modelled
+                if crate::vol::volblocksize(d) > vstream::OLD_MAX_BLOCK && !flags.contains('L') {
+                    return Err(Unsupported);
+                }
+            }
+            match vstream::plan(&st.zfs, host, h) {
+                Ok(sub) => vsubs.push(sub),
+                Err(msg) => {
+                    eprintln!("{msg}");
+                    return Ok(1);
+                }
+            }
+        }
+        if plan.resume_nvl.is_none() && (plan.package || p.has('p')) {
+            let from = plan.streams.first().and_then(|(f, _)| f.as_deref());
+            let fromsnap = from.map(|f| f.rsplit_once('@').map_or(f, |x| x.1));
+            let to = plan.streams.last().map(|(_, h)| h.toname.as_str());
+            compound = Some(vstream::Compound::new(
+                to.unwrap_or_default(),
+                fromsnap,
+                p.has('p'),
+            ));
+        }
+    }
     let dry = p.has('n');
     let verbose = p.flags.iter().filter(|(c, _)| *c == 'v').count() > 0;
     let parsable = p.has('P');
@@ -316,9 +357,13 @@ pub fn send(root: &Path, host: &str, args: &[String]) -> Res {
             text.push_str("resume token contents:\n");
             text.push_str(&token::print(nvl));
         }
-        let mut total = 0;
-        for (from, h) in &plan.streams {
-            let size = h.total - h.offset;
+        let mut total = compound.as_ref().map_or(0, |c| c.size());
+        for (i, (from, h)) in plan.streams.iter().enumerate() {
+            // volumes: the exact bytes of each sub-stream, and the package wrapper in the total
+            let size = match vsubs.get(i) {
+                Some(sub) => sub.size(),
+                None => h.total - h.offset,
+            };
             total += size;
             if parsable {
                 match from {
@@ -383,31 +428,44 @@ pub fn send(root: &Path, host: &str, args: &[String]) -> Res {
     }
     let delay = env_u64("QZB_FAKE_SEND_DELAY_MS").map(std::time::Duration::from_millis);
     let mut out = std::io::BufWriter::with_capacity(65536, stdout.lock());
-    let result = (|| -> std::io::Result<bool> {
-        if plan.package
-            && !stream::write_budgeted(
-                &mut out,
-                format!("QZBFAKE-PACKAGE v1 count={}\n", plan.streams.len()).as_bytes(),
-                &mut budget,
-            )?
-        {
-            return Ok(false);
-        }
-        for (_, h) in &plan.streams {
-            if !stream::write_budgeted(&mut out, h.line().as_bytes(), &mut budget)?
-                || !stream::write_content(&mut out, h, &mut budget, delay)?
-                || !stream::write_budgeted(
+    let result = if volume {
+        let flip = env_u64("QZB_FAKE_SEND_FLIP_BLOCK");
+        let drop = env_u64("QZB_FAKE_SEND_DROP_BLOCK");
+        let applies = (flip.is_some() || drop.is_some()) && fault_applies("SEND", &to_name);
+        let mut faults = vstream::Faults {
+            budget,
+            delay,
+            flip: flip.filter(|_| applies),
+            drop: drop.filter(|_| applies),
+        };
+        vstream::write(&mut out, compound.as_ref(), &vsubs, &mut faults)
+    } else {
+        (|| -> std::io::Result<bool> {
+            if plan.package
+                && !stream::write_budgeted(
                     &mut out,
-                    stream::end_line(h.toguid).as_bytes(),
+                    format!("QZBFAKE-PACKAGE v1 count={}\n", plan.streams.len()).as_bytes(),
                     &mut budget,
                 )?
             {
                 return Ok(false);
             }
-        }
-        out.flush()?;
-        Ok(true)
-    })();
+            for (_, h) in &plan.streams {
+                if !stream::write_budgeted(&mut out, h.line().as_bytes(), &mut budget)?
+                    || !stream::write_content(&mut out, h, &mut budget, delay)?
+                    || !stream::write_budgeted(
+                        &mut out,
+                        stream::end_line(h.toguid).as_bytes(),
+                        &mut budget,
+                    )?
+                {
+                    return Ok(false);
+                }
+            }
+            out.flush()?;
+            Ok(true)
+        })()
+    };
     match result {
         Ok(true) => Ok(0),
         Ok(false) => {
@@ -527,7 +585,9 @@ fn check(z: &Zfs, host: &str, h: &Header, dest_arg: &str, o: &RecvOpts) -> Resul
         if resuming {
             match &ds.partial {
                 Some(p)
-                    if p.toguid == h.toguid && p.fromguid == h.fromguid && p.bytes == h.offset =>
+                    if p.toguid == h.toguid
+                        && p.fromguid == h.fromguid
+                        && p.resume_offset.unwrap_or(p.bytes) == h.offset =>
                 {
                     c.newfs = ds.inconsistent;
                     if c.origin.is_none() {
@@ -699,13 +759,22 @@ fn commit(z: &mut Zfs, host: &str, h: &Header, c: &Check, o: &RecvOpts) {
         incr_size: if full_stream { None } else { Some(h.total) },
         used: None,
         creation: None,
+        delta: None,
     });
     ds.partial = None;
     ds.inconsistent = false;
     ds.modified = false;
 }
 
-fn save_partial(z: &mut Zfs, h: &Header, c: &Check, bytes: u64) -> String {
+/// `vol`: for a volume stream, the volume offset of the first block not committed and the
+/// delta committed so far (`bytes` is then stream bytes).
+fn save_partial(
+    z: &mut Zfs,
+    h: &Header,
+    c: &Check,
+    bytes: u64,
+    vol: Option<(u64, crate::vol::VolDelta)>,
+) -> String {
     let (_, snapname) = split_snap(&c.destsnap).unwrap_or(("", ""));
     let exists = z.datasets.contains_key(&c.d);
     if !exists {
@@ -733,6 +802,8 @@ fn save_partial(z: &mut Zfs, h: &Header, c: &Check, bytes: u64) -> String {
         stream_type: h.kind,
         origin: c.origin.clone(),
         flags: h.flags.chars().filter(|c| "Lecw".contains(*c)).collect(),
+        resume_offset: vol.as_ref().map(|v| v.0),
+        delta: vol.map(|v| v.1),
     };
     let tok = token::encode(&token::for_partial(&p));
     ds.partial = Some(p);
@@ -791,6 +862,15 @@ pub fn receive(root: &Path, host: &str, args: &[String]) -> Res {
     }
     let stdin = std::io::stdin();
     let mut input = std::io::BufReader::with_capacity(65536, stdin.lock());
+    // A real stream starts with DRR_BEGIN (type 0); the fake's own format with a text line.
+    let real = matches!(std::io::BufRead::fill_buf(&mut input), Ok(b) if b.first() == Some(&0));
+    if real {
+        let mut die_after = env_u64("QZB_FAKE_RECV_DIE_AFTER");
+        if die_after.is_some() && !fault_applies("RECV", &dest) {
+            die_after = None;
+        }
+        return Ok(receive_real(root, host, &dest, &o, &mut input, die_after));
+    }
     let first = match stream::read_line(&mut input) {
         Ok(Some(l)) => l,
         _ => {
@@ -868,7 +948,7 @@ pub fn receive(root: &Path, host: &str, args: &[String]) -> Res {
                             c2.errbuf
                         )));
                     }
-                    let tok = save_partial(&mut st.zfs, &h, &c2, bytes);
+                    let tok = save_partial(&mut st.zfs, &h, &c2, bytes, None);
                     Ok(Err(format!(
                         "{}: checksum mismatch or incomplete stream.\nPartially received snapshot is saved.\nA resuming stream can be generated on the sending system by running:\n    zfs send -t {tok}",
                         c2.errbuf
@@ -886,4 +966,286 @@ pub fn receive(root: &Path, host: &str, args: &[String]) -> Res {
         }
     }
     Ok(0)
+}
+
+/// The sub-stream being received from a real-format stream.
+struct Current {
+    h: Header,
+    c: Check,
+    applied: vstream::Applied,
+    /// Stream bytes of earlier runs (a resumed receive continues the token's count).
+    bytes_base: u64,
+    /// Stream offset of this sub-stream's BEGIN, and of the end of its last committed record.
+    start: u64,
+    committed: u64,
+}
+
+enum Step {
+    Continue,
+    Done,
+    /// An error message (printed, exit 1).
+    Fail(String),
+    /// The stream cannot go on here (corrupt block, out of order): as if it was cut.
+    Cut,
+}
+
+struct RealReceive<'a> {
+    root: &'a Path,
+    host: &'a str,
+    dest: &'a str,
+    o: &'a RecvOpts,
+    cur: Option<Current>,
+    compound: bool,
+}
+
+impl RealReceive<'_> {
+    /// Handles one verified record that spans stream bytes `start..end`.
+    fn handle(&mut self, ev: vstream::Ev, start: u64, end: u64) -> Step {
+        use qzb_protocol::zstream::EndKind;
+        use vstream::Ev;
+        match ev {
+            Ev::Begin { compound: true, .. } => {
+                self.compound = true;
+                if self.dest.contains('@') {
+                    return Step::Fail(
+                        "cannot receive: cannot specify snapshot name for multi-snapshot stream"
+                            .into(),
+                    );
+                }
+                Step::Continue
+            }
+            Ev::Begin {
+                features,
+                objset,
+                flags,
+                toguid,
+                fromguid,
+                toname,
+                resume_offset,
+                ..
+            } => {
+                if objset != vstream::OBJSET_ZVOL {
+                    return Step::Fail(
+                        "qzb-fake zfs: unsupported: a real-format stream of a filesystem".into(),
+                    );
+                }
+                let resume = features & qzb_protocol::zstream::feature::RESUMING != 0;
+                let h = Header {
+                    toname,
+                    toguid,
+                    fromguid,
+                    kind: Kind::Volume,
+                    clone: vstream::is_clone(flags),
+                    resume,
+                    offset: resume_offset.unwrap_or(0),
+                    total: 0,
+                    flags: vstream::token_flags(features),
+                };
+                let st = match state::read(self.root, self.host) {
+                    Ok(s) => s,
+                    Err(e) => return Step::Fail(e),
+                };
+                let c = match check(&st.zfs, self.host, &h, self.dest, self.o) {
+                    Ok(c) => c,
+                    Err(msg) => return Step::Fail(msg),
+                };
+                let partial = st.zfs.datasets.get(&c.d).and_then(|d| d.partial.as_ref());
+                let (delta, bytes_base) = match partial {
+                    Some(p) if resume => (p.delta.clone().unwrap_or_default(), p.bytes),
+                    _ => (Default::default(), 0),
+                };
+                self.cur = Some(Current {
+                    applied: vstream::Applied::new(delta, h.offset),
+                    h,
+                    c,
+                    bytes_base,
+                    start,
+                    committed: end,
+                });
+                Step::Continue
+            }
+            Ev::End(EndKind::CompoundHeader) => Step::Continue,
+            Ev::End(EndKind::Package) => Step::Done,
+            Ev::End(EndKind::Substream) => {
+                let Some(x) = self.cur.take() else {
+                    return Step::Fail("cannot receive: invalid stream".into());
+                };
+                if !x.c.skip {
+                    if let Err(msg) = self.commit(&x) {
+                        return Step::Fail(msg);
+                    }
+                }
+                if self.compound {
+                    Step::Continue
+                } else {
+                    Step::Done
+                }
+            }
+            ev => match self.cur.as_mut() {
+                Some(x) => {
+                    if x.applied.apply(&ev).is_err() {
+                        return Step::Cut;
+                    }
+                    x.committed = end;
+                    Step::Continue
+                }
+                None => Step::Fail("cannot receive: invalid stream".into()),
+            },
+        }
+    }
+
+    fn commit(&self, x: &Current) -> Result<(), String> {
+        let (host, dest, o) = (self.host, self.dest, self.o);
+        let r = state::update(self.root, host, |st| {
+            let c2 = match check(&st.zfs, host, &x.h, dest, o) {
+                Ok(c2) => c2,
+                Err(msg) => return Ok(Err(msg)),
+            };
+            commit(&mut st.zfs, host, &x.h, &c2, o);
+            let a = &x.applied;
+            if let Some(ds) = st.zfs.datasets.get_mut(&c2.d) {
+                ds.kind = Kind::Volume;
+                if a.vbs != 0 {
+                    ds.volblocksize = Some(a.vbs);
+                }
+                if let Some(v) = a.volsize {
+                    ds.volsize = Some(v);
+                }
+                if let Some(s) = ds.snapshots.last_mut() {
+                    let bytes = a.data_bytes();
+                    if x.h.fromguid == 0 {
+                        s.size = Some(bytes);
+                    } else {
+                        s.incr_size = Some(bytes);
+                    }
+                    s.delta = Some(a.delta.clone());
+                }
+            }
+            Ok(Ok(()))
+        });
+        match r {
+            Ok(r) => r,
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The stream ended (or went bad) before the current sub-stream's END.
+    fn cut(&mut self) -> i32 {
+        let Some(x) = self.cur.take() else {
+            eprintln!("cannot receive: failed to read from stream");
+            return 1;
+        };
+        if x.c.skip {
+            eprintln!("{}: checksum mismatch or incomplete stream", x.c.errbuf);
+            return 1;
+        }
+        let resumable = self.o.resumable;
+        let (host, dest, o) = (self.host, self.dest, self.o);
+        let bytes = x.bytes_base + (x.committed - x.start);
+        let r = state::update(self.root, host, |st| {
+            let c2 = match check(&st.zfs, host, &x.h, dest, o) {
+                Ok(c2) => c2,
+                Err(msg) => return Ok(msg),
+            };
+            if !resumable {
+                return Ok(format!(
+                    "{}: checksum mismatch or incomplete stream",
+                    c2.errbuf
+                ));
+            }
+            let vol = Some((x.applied.next, x.applied.delta.clone()));
+            let tok = save_partial(&mut st.zfs, &x.h, &c2, bytes, vol);
+            Ok(format!(
+                "{}: checksum mismatch or incomplete stream.\nPartially received snapshot is saved.\nA resuming stream can be generated on the sending system by running:\n    zfs send -t {tok}",
+                c2.errbuf
+            ))
+        });
+        match r {
+            Ok(msg) => {
+                eprintln!("{msg}");
+                1
+            }
+            Err(e) => fatal(e),
+        }
+    }
+}
+
+/// `zfs receive` of a real-format stream (volumes; see vstream.rs). A record is applied only
+/// once the next record's header checksum (which covers its payload) has been verified, as
+/// zfs does; an END verifies everything before it.
+fn receive_real(
+    root: &Path,
+    host: &str,
+    dest: &str,
+    o: &RecvOpts,
+    input: &mut impl Read,
+    mut die_after: Option<u64>,
+) -> i32 {
+    use qzb_protocol::zstream::Tap;
+    let mut tap = Tap::new(vstream::RxSink::default());
+    let mut rx = RealReceive {
+        root,
+        host,
+        dest,
+        o,
+        cur: None,
+        compound: false,
+    };
+    let mut pending: Option<(vstream::Ev, u64, u64)> = None;
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let mut want = buf.len();
+        if let Some(b) = die_after {
+            want = want.min(b as usize);
+        }
+        let n = if want == 0 {
+            0
+        } else {
+            match input.read(&mut buf[..want]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => 0,
+            }
+        };
+        if let Some(b) = die_after.as_mut() {
+            *b -= n as u64;
+        }
+        let fed = if n == 0 {
+            Err(())
+        } else {
+            tap.feed(&buf[..n]).map_err(|_| ())
+        };
+        // Records the tap completed are verified up to the last one; an END verifies itself.
+        let events: Vec<_> = tap.sink_mut().events.drain(..).collect();
+        for (ev, start, end) in events {
+            let verifies_itself = matches!(ev, vstream::Ev::End(_));
+            if let Some((p, ps, pe)) = pending.take() {
+                match rx.handle(p, ps, pe) {
+                    Step::Continue => {}
+                    Step::Done => return 0,
+                    Step::Fail(msg) => {
+                        eprintln!("{msg}");
+                        return 1;
+                    }
+                    Step::Cut => return rx.cut(),
+                }
+            }
+            if verifies_itself {
+                match rx.handle(ev, start, end) {
+                    Step::Continue => {}
+                    Step::Done => return 0,
+                    Step::Fail(msg) => {
+                        eprintln!("{msg}");
+                        return 1;
+                    }
+                    Step::Cut => return rx.cut(),
+                }
+            } else {
+                pending = Some((ev, start, end));
+            }
+        }
+        if fed.is_err() {
+            return rx.cut();
+        }
+    }
 }

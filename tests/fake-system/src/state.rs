@@ -82,6 +82,9 @@ pub struct Dataset {
     /// Volumes only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volsize: Option<u64>,
+    /// Volumes only (default 16 KiB, `crate::vol::DEFAULT_VOLBLOCKSIZE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volblocksize: Option<u64>,
     /// Locally set properties (mountpoint, volmode, canmount, readonly, user props a:b ...).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub props: BTreeMap<String, String>,
@@ -121,6 +124,10 @@ pub struct Snapshot {
     pub used: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub creation: Option<u64>,
+    /// Volumes: what this snapshot's stream wrote, as received (written by `zfs receive`;
+    /// without it the delta is generated from guid and sizes, see `crate::vol`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<crate::vol::VolDelta>,
 }
 
 pub const DEFAULT_SNAP_SIZE: u64 = 307_200;
@@ -155,6 +162,13 @@ pub struct Partial {
     /// Send flags that end up in the token: L e c w.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub flags: String,
+    /// Volume streams: the volume byte offset of the first block not committed (the token's
+    /// `offset`; `bytes` is then stream bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_offset: Option<u64>,
+    /// Volume streams: what was committed so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<crate::vol::VolDelta>,
 }
 
 // ---------------------------------------------------------------- Qubes admin data

@@ -206,7 +206,11 @@ pub fn for_partial(p: &crate::state::Partial) -> NvList {
         nvl.push(("fromguid".into(), Value::U64(p.fromguid)));
     }
     nvl.push(("object".into(), Value::U64(1)));
-    nvl.push(("offset".into(), Value::U64(p.bytes)));
+    // volume streams: a byte offset into the volume; the fake's own format: content bytes
+    nvl.push((
+        "offset".into(),
+        Value::U64(p.resume_offset.unwrap_or(p.bytes)),
+    ));
     nvl.push(("bytes".into(), Value::U64(p.bytes)));
     nvl.push(("toguid".into(), Value::U64(p.toguid)));
     nvl.push(("toname".into(), Value::Str(p.toname.clone())));

@@ -207,6 +207,16 @@ pub fn prop(z: &Zfs, host: &str, e: &Ent, p: &str, parsable: bool) -> Option<(St
             stat(num(d.volsize.unwrap_or(10 << 30), parsable))
         }
         (_, "volsize") => none(),
+        (Ent::Ds(_, d) | Ent::Snap(_, d, _), "volblocksize") if d.kind == Kind::Volume => (
+            num(crate::vol::volblocksize(d), parsable),
+            if d.volblocksize.is_some() {
+                "-"
+            } else {
+                "default"
+            }
+            .into(),
+        ),
+        (_, "volblocksize") => none(),
         (Ent::Ds(_, d), "inconsistent") => stat(if d.inconsistent { "1" } else { "0" }.into()),
         (Ent::Ds(n, _), "creation") | (Ent::Snap(n, _, _), "creation") => {
             let c = match e {
@@ -397,6 +407,7 @@ const NUMERIC: &[&str] = &[
     "referenced",
     "refer",
     "volsize",
+    "volblocksize",
     "creation",
 ];
 
@@ -663,6 +674,7 @@ fn snapshot(root: &Path, host: &str, args: &[String]) -> Res {
                 size: prev.and_then(|x| x.size),
                 incr_size: prev.and_then(|x| x.incr_size),
                 used: None,
+                delta: None,
                 creation: None,
             };
             ds.snapshots.push(snap);

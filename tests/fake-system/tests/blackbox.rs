@@ -283,36 +283,48 @@ fn send_dry_run_parsable_formats() {
         out(&o),
         "incremental\tmainpool/dom0@b1\tmainpool/dom0@b2\t76800\nsize\t76800\n"
     );
-    // -I: dump_snapshot prints the short previous snapshot name
-    let o = s.zfs(
-        "dom0",
-        &[
-            "send",
-            "-nvP",
-            "-I",
-            "@s1",
-            "mainpool/qubes/work/private@qubes:stop:1700000000.000000",
-        ],
-    );
+    // -I: dump_snapshot prints the short previous snapshot name. Volumes send real records:
+    // each line is its sub-stream's bytes, `size` the exact bytes of the whole stream (here
+    // with the compound wrapper of -I: BEGIN, END, final END).
+    let stop = "mainpool/qubes/work/private@qubes:stop:1700000000.000000";
+    let o = s.zfs("dom0", &["send", "-nvP", "-I", "@s1", stop]);
+    let lines: Vec<Vec<String>> = out(&o)
+        .lines()
+        .map(|l| l.split('\t').map(String::from).collect())
+        .collect();
+    assert_eq!(lines.len(), 3, "{}", out(&o));
     assert_eq!(
-        out(&o),
-        "incremental\ts1\tmainpool/qubes/work/private@b1\t76800\nincremental\tb1\tmainpool/qubes/work/private@qubes:stop:1700000000.000000\t76800\nsize\t153600\n"
+        lines[0][..3],
+        ["incremental", "s1", "mainpool/qubes/work/private@b1"]
+    );
+    assert_eq!(lines[1][..3], ["incremental", "b1", stop]);
+    assert_eq!(lines[2][0], "size");
+    let n = |l: &[String]| l.last().unwrap().parse::<u64>().unwrap();
+    assert_eq!(n(&lines[0]) + n(&lines[1]) + 3 * 312, n(&lines[2]));
+    assert_eq!(
+        send_bytes(&s, &["-I", "@s1", stop]).len() as u64,
+        n(&lines[2])
     );
     // clone from its origin
-    let o = s.zfs(
-        "dom0",
-        &[
-            "send",
-            "-nvP",
-            "-i",
-            "mainpool/qubes/work/private@s1",
-            "mainpool/qubes/work-clone/private@c1",
-        ],
+    let (from, clone) = (
+        "mainpool/qubes/work/private@s1",
+        "mainpool/qubes/work-clone/private@c1",
     );
+    let o = s.zfs("dom0", &["send", "-nvP", "-i", from, clone]);
+    let size = send_bytes(&s, &["-i", from, clone]).len();
     assert_eq!(
         out(&o),
-        "incremental\tmainpool/qubes/work/private@s1\tmainpool/qubes/work-clone/private@c1\t76800\nsize\t76800\n"
+        format!("incremental\t{from}\t{clone}\t{size}\nsize\t{size}\n")
     );
+}
+
+/// The bytes of `zfs send <args>` on dom0.
+fn send_bytes(s: &Sys, args: &[&str]) -> Vec<u8> {
+    let mut a = vec!["send"];
+    a.extend_from_slice(args);
+    let o = s.zfs("dom0", &a);
+    assert!(o.status.success(), "{}", err(&o));
+    o.stdout
 }
 
 #[test]
@@ -957,4 +969,261 @@ fn demo_system_matches_the_example_config() {
         ],
     );
     assert_eq!(out(&o).lines().count(), 9);
+}
+
+/// What a stream writes to object 1 of a volume, as the stream tap reads it (checksums
+/// verified): (offset, block) of each WRITE and (offset, length) of each FREE, in order.
+#[derive(Default)]
+struct Blocks {
+    writes: Vec<(u64, Vec<u8>)>,
+    frees: Vec<(u64, u64)>,
+    begins: Vec<(u64, u64, u64)>,
+}
+
+impl qzb_protocol::zstream::Sink for Blocks {
+    fn on_begin(&mut self, b: &qzb_protocol::zstream::Begin<'_>) {
+        self.begins.push((b.featureflags, b.toguid, b.fromguid));
+    }
+    fn on_write(&mut self, w: &qzb_protocol::zstream::Write<'_>) {
+        if w.object == 1 {
+            self.writes.push((w.offset, w.payload.to_vec()));
+        }
+    }
+    fn on_free(&mut self, f: &qzb_protocol::zstream::Free) {
+        if f.object == 1 {
+            self.frees.push((f.offset, f.length));
+        }
+    }
+}
+
+fn tap(stream: &[u8]) -> Blocks {
+    let mut t = qzb_protocol::zstream::Tap::new(Blocks::default());
+    t.feed(stream).expect("a valid stream");
+    t.finish().expect("a complete stream");
+    t.into_sink()
+}
+
+fn send_on(s: &Sys, host: &str, args: &[&str], env: &[(&str, &str)]) -> Vec<u8> {
+    let mut a = vec!["send"];
+    a.extend_from_slice(args);
+    let o = s
+        .cmd(host, "zfs", &a)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", err(&o));
+    o.stdout
+}
+
+fn receive_bytes(s: &Sys, stream: &[u8], args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut a = vec!["receive"];
+    a.extend_from_slice(args);
+    let mut c = s
+        .cmd("backups-disp", "zfs", &a)
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _ = c.stdin.take().unwrap().write_all(stream);
+    c.wait_with_output().unwrap()
+}
+
+const WP: &str = "mainpool/qubes/work/private";
+
+#[test]
+fn volume_streams_are_real_records_and_the_dry_run_size_is_exact() {
+    let s = Sys::new("reference-system");
+    for args in [
+        vec!["-L", "-e", "-c", "-p", "mainpool/qubes/work/private@s1"],
+        vec![
+            "-L",
+            "-e",
+            "-c",
+            "-p",
+            "-i",
+            "@s1",
+            "mainpool/qubes/work/private@b1",
+        ],
+        vec!["-I", "@s1", "mainpool/qubes/work/private@b1"],
+        vec!["mainpool/qubes/work/private@b1"],
+    ] {
+        let stream = send_on(&s, "dom0", &args, &[]);
+        let mut dry = vec!["send", "-nvP"];
+        dry.extend_from_slice(&args);
+        let o = s.zfs("dom0", &dry);
+        assert!(
+            out(&o).ends_with(&format!("size\t{}\n", stream.len())),
+            "{args:?}: {}",
+            out(&o)
+        );
+        let b = tap(&stream);
+        assert!(!b.writes.is_empty(), "{args:?}");
+        // whole 16 KiB blocks in offset order, each one the model's (no zeros: holes are FREE)
+        for w in b.writes.windows(2) {
+            assert!(w[0].0 < w[1].0, "{args:?}");
+        }
+        for (off, block) in &b.writes {
+            assert_eq!(off % 16384, 0);
+            assert_eq!(block.len(), 16384);
+            assert!(block.iter().any(|&x| x != 0));
+        }
+        // the tail FREE comes first, right after the OBJECT record
+        assert_eq!(b.frees[0].1, u64::MAX, "{args:?}");
+    }
+    // -c and -e are announced (LZ4 with them) but blocks stay plain; no LARGE_BLOCKS for 16 KiB
+    let b = tap(&send_on(
+        &s,
+        "dom0",
+        &["-L", "-e", "-c", "mainpool/qubes/work/private@s1"],
+        &[],
+    ));
+    let (embed, lz4, large, compressed) = (1 << 16, 1 << 17, 1 << 19, 1 << 22);
+    assert_eq!(b.begins[0].0, embed | lz4 | compressed);
+    assert_eq!(b.begins[0].0 & large, 0);
+}
+
+#[test]
+fn a_received_volume_sends_back_the_same_blocks() {
+    let s = Sys::new("reference-system");
+    let d = format!("{R}/wp");
+    let full = send_on(
+        &s,
+        "dom0",
+        &["-L", "-e", "-c", "-p", &format!("{WP}@s1")],
+        &[],
+    );
+    let o = receive_bytes(&s, &full, &["-s", "-u", &d], &[]);
+    assert!(o.status.success(), "{}", err(&o));
+    let incr = send_on(
+        &s,
+        "dom0",
+        &["-L", "-p", "-i", "@s1", &format!("{WP}@b1")],
+        &[],
+    );
+    let o = receive_bytes(&s, &incr, &["-s", "-u", &d], &[]);
+    assert!(o.status.success(), "{}", err(&o));
+    for snap in ["s1", "b1"] {
+        let mine = tap(&send_on(&s, "dom0", &["-L", &format!("{WP}@{snap}")], &[]));
+        let theirs = tap(&send_on(
+            &s,
+            "backups-disp",
+            &["-L", &format!("{d}@{snap}")],
+            &[],
+        ));
+        assert_eq!(mine.writes, theirs.writes, "{snap}");
+        assert_eq!(mine.frees, theirs.frees, "{snap}");
+    }
+    let o = s.zfs(
+        "backups-disp",
+        &["get", "-Hp", "-o", "value", "volsize,volblocksize", &d],
+    );
+    assert_eq!(out(&o), "2147483648\n16384\n");
+}
+
+#[test]
+fn a_cut_volume_receive_resumes_at_the_first_block_not_committed() {
+    let s = Sys::new("reference-system");
+    let d = format!("{R}/wp");
+    let full = send_on(&s, "dom0", &["-L", "-p", &format!("{WP}@s1")], &[]);
+    let o = receive_bytes(&s, &full[..150_000], &["-s", "-u", &d], &[]);
+    assert!(
+        err(&o).contains("Partially received snapshot is saved."),
+        "{}",
+        err(&o)
+    );
+    let tok = out(&s.zfs(
+        "backups-disp",
+        &["get", "-H", "-o", "value", "receive_resume_token", &d],
+    ));
+    let o = s.zfs("dom0", &["send", "-nvP", "-t", tok.trim()]);
+    let text = out(&o);
+    assert!(text.contains("\tobject = 0x1\n"), "{text}");
+    let offset = text
+        .lines()
+        .find_map(|l| l.strip_prefix("\toffset = 0x"))
+        .map(|h| u64::from_str_radix(h, 16).unwrap())
+        .unwrap();
+    assert!(offset > 0 && offset % 16384 == 0, "{offset}");
+    let resumed = send_on(&s, "dom0", &["-t", tok.trim()], &[]);
+    assert!(
+        text.ends_with(&format!("size\t{}\n", resumed.len())),
+        "{text}"
+    );
+    let b = tap(&resumed);
+    assert_eq!(b.begins[0].0 & (1 << 20), 1 << 20, "RESUMING");
+    assert!(b.writes.iter().all(|w| w.0 >= offset));
+    let o = receive_bytes(&s, &resumed, &["-s", "-u", &d], &[]);
+    assert!(o.status.success(), "{}", err(&o));
+    let mine = tap(&send_on(&s, "dom0", &[&format!("{WP}@s1")], &[]));
+    let theirs = tap(&send_on(&s, "backups-disp", &[&format!("{d}@s1")], &[]));
+    assert_eq!(mine.writes, theirs.writes);
+}
+
+#[test]
+fn send_flip_and_drop_block_alter_one_block_in_a_valid_stream() {
+    let s = Sys::new("reference-system");
+    let snap = format!("{WP}@s1");
+    let good = tap(&send_on(&s, "dom0", &[&snap], &[]));
+    let flipped = tap(&send_on(
+        &s,
+        "dom0",
+        &[&snap],
+        &[("QZB_FAKE_SEND_FLIP_BLOCK", "2")],
+    ));
+    assert_eq!(good.writes.len(), flipped.writes.len());
+    let differ: Vec<usize> = (0..good.writes.len())
+        .filter(|&i| good.writes[i] != flipped.writes[i])
+        .collect();
+    assert_eq!(differ, [2]);
+    let diff_bytes = (good.writes[2].1.iter())
+        .zip(&flipped.writes[2].1)
+        .filter(|(a, b)| a != b)
+        .count();
+    assert_eq!(diff_bytes, 1);
+    let dropped = tap(&send_on(
+        &s,
+        "dom0",
+        &[&snap],
+        &[("QZB_FAKE_SEND_DROP_BLOCK", "0")],
+    ));
+    assert_eq!(dropped.writes[..], good.writes[1..]);
+    // QZB_FAKE_SEND_MATCH limits them to matching snapshots
+    let other = tap(&send_on(
+        &s,
+        "dom0",
+        &[&snap],
+        &[
+            ("QZB_FAKE_SEND_FLIP_BLOCK", "2"),
+            ("QZB_FAKE_SEND_MATCH", "@b1"),
+        ],
+    ));
+    assert_eq!(other.writes, good.writes);
+    // a receiver checks every block against the model: the altered block is refused
+    let stream = send_on(&s, "dom0", &[&snap], &[("QZB_FAKE_SEND_FLIP_BLOCK", "2")]);
+    let o = receive_bytes(&s, &stream, &[&format!("{R}/x")], &[]);
+    assert_eq!(
+        err(&o),
+        "cannot receive new filesystem stream: checksum mismatch or incomplete stream\n"
+    );
+}
+
+#[test]
+fn a_corrupted_volume_stream_fails_its_checksum() {
+    let s = Sys::new("reference-system");
+    let mut stream = send_on(&s, "dom0", &[&format!("{WP}@s1")], &[]);
+    let n = stream.len();
+    stream[n / 2] ^= 0x10;
+    let o = receive_bytes(&s, &stream, &[&format!("{R}/x")], &[]);
+    assert_eq!(
+        err(&o),
+        "cannot receive new filesystem stream: checksum mismatch or incomplete stream\n"
+    );
+    let o = s.zfs(
+        "backups-disp",
+        &["list", "-H", "-o", "name", &format!("{R}/x")],
+    );
+    assert!(!o.status.success());
 }
