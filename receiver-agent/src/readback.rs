@@ -143,7 +143,7 @@ impl<W: Write> Sink for BlockSink<W> {
             return self.refuse("a raw (encrypted) stream".into());
         }
         if begin.featureflags & feature::RESUMING != 0 || begin.fromguid != 0 {
-            return self.refuse("not a full stream".into());
+            self.refuse("not a full stream".into());
         }
     }
 

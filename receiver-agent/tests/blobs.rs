@@ -598,9 +598,12 @@ fn read_back_refuses_a_volume_with_another_block_size() {
     );
 }
 
+/// Writes the records of a stream before its END.
+type Build = Box<dyn Fn(&mut StreamWriter)>;
+
 #[test]
 fn read_back_refuses_streams_that_are_not_a_plain_full_zvol_stream() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut StreamWriter)>, &str)> = vec![
+    let cases: Vec<(&str, Build, &str)> = vec![
         (
             "filesystem",
             Box::new(|w| {
