@@ -176,7 +176,9 @@ fn put_blob_refuses_a_reader_shorter_than_the_length() {
         .put_blob(&root(), &blob("sets/1"), &mut &b"short"[..], 10)
         .unwrap_err();
     assert!(e.to_string().contains("only 5 of its 10 bytes"), "{e}");
-    // The agent got no end frame and stored nothing.
+    // The agent got no end frame and stored nothing (once its session has ended).
+    let ended = client.close().unwrap_or_default();
+    assert!(ended.contains("before the end frame"), "{ended}");
     let blob_dir = world.meta_base().join(format!("{ROOT}/.qzb-meta/sets"));
     let left: Vec<_> = std::fs::read_dir(&blob_dir).unwrap().collect();
     assert!(left.is_empty(), "{left:?}");
