@@ -13,9 +13,10 @@ use std::path::PathBuf;
 use qzb_fuzz::agent::{memory_zfs, partial_token, run_agent, PARTIAL_TOGUID, ROOT};
 use qzb_fuzz::frame;
 use qzb_protocol::{
-    decode_reply, encode_reply, encode_request, read_frame, AbortRequest, DatasetKind, DatasetName,
-    ErrorClass, ErrorReply, FrameKind, Hello, InventoryRequest, ReceiveFailure, ReceiveMode,
-    ReceiveRequest, ReceiveResult, Reply, Request, Role, SnapshotName, StreamFramer,
+    decode_reply, encode_reply, encode_request, read_frame, AbortRequest, BlobInfo, BlobName,
+    DatasetKind, DatasetName, ErrorClass, ErrorReply, FrameKind, GetBlobRequest, Hello,
+    InventoryRequest, ListBlobsRequest, PutBlobRequest, ReadBackRequest, ReceiveFailure,
+    ReceiveMode, ReceiveRequest, ReceiveResult, Reply, Request, Role, SnapshotName, StreamFramer,
 };
 use receiver_agent::memory::fake_stream;
 use receiver_agent::Zfs;
@@ -26,6 +27,10 @@ fn ds(s: &str) -> DatasetName {
 
 fn snap(s: &str) -> SnapshotName {
     SnapshotName::parse(s).expect("valid snapshot name")
+}
+
+fn blob(s: &str) -> BlobName {
+    BlobName::parse(s).expect("valid blob name")
 }
 
 fn write(target: &str, name: &str, bytes: &[u8]) {
@@ -102,6 +107,37 @@ fn requests() -> Vec<(&'static str, Request)> {
                 dataset: ds(&format!("{ROOT}/b")),
             }),
         ),
+        (
+            "put-blob",
+            Request::PutBlob(PutBlobRequest {
+                root: ds(ROOT),
+                name: blob("manifests/a/000001"),
+                len: 4,
+            }),
+        ),
+        (
+            "get-blob",
+            Request::GetBlob(GetBlobRequest {
+                root: ds(ROOT),
+                name: blob("sets/1"),
+                max_len: 1 << 20,
+            }),
+        ),
+        (
+            "list-blobs",
+            Request::ListBlobs(ListBlobsRequest {
+                root: ds(ROOT),
+                prefix: Some(blob("sets")),
+            }),
+        ),
+        (
+            "read-back",
+            Request::ReadBack(ReadBackRequest {
+                root: ds(ROOT),
+                snapshot: snap(&format!("{ROOT}/a@s1")),
+                volblocksize: 16384,
+            }),
+        ),
     ]
 }
 
@@ -140,6 +176,20 @@ fn replies() -> Vec<(&'static str, Reply)> {
                 message: "receiver root bpool/r does not exist".into(),
             }),
         ),
+        (
+            "blobs",
+            Reply::Blobs(vec![
+                BlobInfo {
+                    name: blob("sets/1"),
+                    len: 10,
+                },
+                BlobInfo {
+                    name: blob("sets/2"),
+                    len: 0,
+                },
+            ]),
+        ),
+        ("read-back-done", Reply::ReadBackDone { blocks: 2, bytes: 32768 }),
     ]
 }
 
@@ -193,6 +243,7 @@ fn agent_replies(input: &[u8]) -> Vec<String> {
         lock_path: dir.join("lock"),
         lock_wait: std::time::Duration::ZERO,
         properties_on_resume: true,
+        meta_base: None,
     };
     let mut out = Vec::new();
     let _ = receiver_agent::serve(&config, &zfs, Cursor::new(&wire), &mut out);
@@ -246,6 +297,9 @@ fn main() {
     ));
     session.extend_from_slice(&framed_stream(&[a, b]));
     write("frame", "session", &session);
+    let mut block = Vec::new();
+    qzb_protocol::write_block_frame(&mut block, 16384, &[0xa5; 512]).expect("block frame");
+    write("frame", "block", &block);
     let mut replies_only = frame(1, &hello_receiver);
     for (_, r) in &replies {
         replies_only.extend_from_slice(&frame(3, &encode_reply(r).expect("encode")));

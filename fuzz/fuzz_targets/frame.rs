@@ -1,12 +1,13 @@
 //! `read_frame` over a byte cursor until the input ends or a frame is refused; every accepted
-//! frame is decoded as its kind says, and re-written with `write_frame` to the same bytes.
+//! frame is decoded as its kind says (block frames by `parse_block_frame`), and re-written with
+//! `write_frame` (and `write_block_frame`) to the same bytes.
 #![no_main]
 #![forbid(unsafe_code)]
 
 use libfuzzer_sys::fuzz_target;
 use qzb_protocol::{
-    decode_reply, decode_request, read_frame, write_frame, EndFrame, FrameKind, Hello,
-    StreamVerifier,
+    decode_reply, decode_request, parse_block_frame, read_frame, write_block_frame, write_frame,
+    EndFrame, FrameKind, Hello, StreamVerifier,
 };
 use std::io::Cursor;
 
@@ -49,6 +50,15 @@ fuzz_target!(
                         FrameKind::End => {
                             let _ = EndFrame::from_payload(&payload);
                             let _ = verifier.verify_end(&payload);
+                        }
+                        FrameKind::Block => {
+                            // Accepted by read_frame, so within the block bounds: it parses,
+                            // and writes back to the same bytes.
+                            let (offset, block) =
+                                parse_block_frame(&payload).expect("bounded block frame parses");
+                            let mut again = Vec::new();
+                            write_block_frame(&mut again, offset, block).expect("block re-writes");
+                            assert_eq!(again, &data[start..end], "block frame does not round-trip");
                         }
                     }
                 }

@@ -108,6 +108,8 @@ pub fn run_agent(input: &[u8]) {
         lock_path: lock_path(),
         lock_wait: Duration::ZERO,
         properties_on_resume: flags & 16 == 0,
+        // No blob storage: the harness does no file I/O (blob requests are refused).
+        meta_base: None,
     };
     let mut out = Vec::new();
     let result = serve(&config, &zfs, Cursor::new(&wire), &mut out);

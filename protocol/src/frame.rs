@@ -7,6 +7,7 @@
 //! reply   = kind 3, payload = bincode(Reply)
 //! data    = kind 4, payload = seq:u64le  offset:u64le  blake3(data)[32]  data[1..=1 MiB]
 //! end     = kind 5, payload = total_len:u64le  frame_count:u64le  blake3(frame hashes)[32]
+//! block   = kind 6, payload = offset:u64le  data[512 ..= 1 MiB]   (read-back, agent → driver)
 //! ```
 //! The length is checked against the per-kind maximum *before* any buffer is sized, so a
 //! hostile peer cannot make us allocate more than [`MAX_REPLY_PAYLOAD`].
@@ -19,7 +20,7 @@ pub const FRAME_HEADER_LEN: usize = 8;
 /// `QZBACKUP`: first bytes of every hello payload.
 pub const MAGIC: [u8; 8] = *b"QZBACKUP";
 /// The protocol version this crate speaks. Bump on any incompatible wire change.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// Hello payload size (fixed layout, so any future version can still read it).
 pub const HELLO_PAYLOAD_LEN: usize = 16;
 /// Largest chunk of `zfs send` bytes carried by one data frame.
@@ -36,6 +37,12 @@ pub const END_PAYLOAD_LEN: usize = 8 + 8 + 32;
 pub const MAX_REQUEST_PAYLOAD: usize = 64 << 10;
 /// Largest reply payload (an inventory of many datasets and snapshots).
 pub const MAX_REPLY_PAYLOAD: usize = 16 << 20;
+/// Bytes before the data in a block frame payload (the volume offset).
+pub const BLOCK_PREFIX_LEN: usize = 8;
+/// Smallest block in a block frame (the smallest `volblocksize`).
+pub const MIN_BLOCK_DATA: usize = 512;
+/// Largest block in a block frame (the largest `volblocksize` a read-back accepts).
+pub const MAX_BLOCK_DATA: usize = 1 << 20;
 
 /// What a frame carries. Unknown values are an error, never a panic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +53,8 @@ pub enum FrameKind {
     Reply = 3,
     Data = 4,
     End = 5,
+    /// One volume block of a read-back (added in protocol version 3).
+    Block = 6,
 }
 
 impl FrameKind {
@@ -57,6 +66,7 @@ impl FrameKind {
             FrameKind::Reply => "reply",
             FrameKind::Data => "data",
             FrameKind::End => "end",
+            FrameKind::Block => "block",
         }
     }
 
@@ -67,6 +77,7 @@ impl FrameKind {
             3 => FrameKind::Reply,
             4 => FrameKind::Data,
             5 => FrameKind::End,
+            6 => FrameKind::Block,
             _ => return None,
         })
     }
@@ -79,6 +90,10 @@ impl FrameKind {
             FrameKind::Reply => (1, MAX_REPLY_PAYLOAD),
             FrameKind::Data => (DATA_PREFIX_LEN + 1, MAX_DATA_PAYLOAD),
             FrameKind::End => (END_PAYLOAD_LEN, END_PAYLOAD_LEN),
+            FrameKind::Block => (
+                BLOCK_PREFIX_LEN + MIN_BLOCK_DATA,
+                BLOCK_PREFIX_LEN + MAX_BLOCK_DATA,
+            ),
         }
     }
 }
@@ -312,6 +327,46 @@ pub fn write_frame<W: Write + ?Sized>(
     writer.write_all(&header(kind, payload.len()))?;
     writer.write_all(payload)?;
     Ok(())
+}
+
+/// Writes one block frame (`offset:u64le · data`) without copying `data`. Refuses a block
+/// outside 512 ..= 1 MiB, so we never send what the peer must reject.
+pub fn write_block_frame<W: Write + ?Sized>(
+    writer: &mut W,
+    offset: u64,
+    data: &[u8],
+) -> Result<(), ProtocolError> {
+    let len = BLOCK_PREFIX_LEN + data.len();
+    let (min, max) = FrameKind::Block.payload_bounds();
+    if len < min || len > max {
+        return Err(ProtocolError::BadFrameLength {
+            kind: FrameKind::Block,
+            len: len.min(u32::MAX as usize) as u32,
+            min,
+            max,
+        });
+    }
+    writer.write_all(&header(FrameKind::Block, len))?;
+    writer.write_all(&offset.to_le_bytes())?;
+    writer.write_all(data)?;
+    Ok(())
+}
+
+/// Splits a block frame payload into its volume offset and block. The length is checked
+/// again here (512 ..= 1 MiB of data), so a payload from anywhere is safe to pass; whether the
+/// block has the volume's block size, and where it may lie, is the reader's check.
+pub fn parse_block_frame(payload: &[u8]) -> Result<(u64, &[u8]), ProtocolError> {
+    let (min, max) = FrameKind::Block.payload_bounds();
+    if payload.len() < min || payload.len() > max {
+        return Err(ProtocolError::BadFrameLength {
+            kind: FrameKind::Block,
+            len: payload.len().min(u32::MAX as usize) as u32,
+            min,
+            max,
+        });
+    }
+    let offset = u64::from_le_bytes(payload[..BLOCK_PREFIX_LEN].try_into().expect("8 bytes"));
+    Ok((offset, &payload[BLOCK_PREFIX_LEN..]))
 }
 
 /// The first frame each side sends.

@@ -20,20 +20,24 @@ pub mod zstream;
 
 pub use bounded::read_bounded;
 pub use frame::{
-    expect_hello, read_frame, read_frame_required, send_hello, write_frame, EndFrame, FrameKind,
-    Hello, ProtocolError, Role, StreamFramer, StreamVerifier, DATA_FRAME_PREFIX_LEN,
-    DATA_PREFIX_LEN, END_PAYLOAD_LEN, FRAME_HEADER_LEN, HELLO_PAYLOAD_LEN, MAGIC, MAX_DATA_CHUNK,
-    MAX_DATA_PAYLOAD, MAX_REPLY_PAYLOAD, MAX_REQUEST_PAYLOAD, PROTOCOL_VERSION,
+    expect_hello, parse_block_frame, read_frame, read_frame_required, send_hello,
+    write_block_frame, write_frame, EndFrame, FrameKind, Hello, ProtocolError, Role, StreamFramer,
+    StreamVerifier, BLOCK_PREFIX_LEN, DATA_FRAME_PREFIX_LEN, DATA_PREFIX_LEN, END_PAYLOAD_LEN,
+    FRAME_HEADER_LEN, HELLO_PAYLOAD_LEN, MAGIC, MAX_BLOCK_DATA, MAX_DATA_CHUNK, MAX_DATA_PAYLOAD,
+    MAX_REPLY_PAYLOAD, MAX_REQUEST_PAYLOAD, MIN_BLOCK_DATA, PROTOCOL_VERSION,
 };
 pub use messages::{
-    decode_reply, decode_request, encode_reply, encode_request, read_reply, read_request,
-    truncate_text, write_reply, write_request, AbortRequest, DatasetInfo, DatasetKind, ErrorClass,
-    ErrorReply, InventoryReply, InventoryRequest, ReceiveFailure, ReceiveMode, ReceiveRequest,
-    ReceiveResult, Reply, Request, SnapshotInfo, MAX_INVENTORY_DATASETS, MAX_INVENTORY_SNAPSHOTS,
-    MAX_MESSAGE_LEN, MAX_RESUME_TOKEN_LEN, MAX_ZFS_STDERR_LEN,
+    check_volblocksize, decode_reply, decode_request, encode_reply, encode_request, read_reply,
+    read_request, truncate_text, write_reply, write_request, AbortRequest, BlobInfo, DatasetInfo,
+    DatasetKind, ErrorClass, ErrorReply, GetBlobRequest, InventoryReply, InventoryRequest,
+    ListBlobsRequest, PutBlobRequest, ReadBackRequest, ReceiveFailure, ReceiveMode, ReceiveRequest,
+    ReceiveResult, Reply, Request, SnapshotInfo, MAX_BLOBS_LISTED, MAX_BLOB_LEN,
+    MAX_INVENTORY_DATASETS, MAX_INVENTORY_SNAPSHOTS, MAX_MESSAGE_LEN, MAX_READBACK_BLOCK,
+    MAX_RESUME_TOKEN_LEN, MAX_ZFS_STDERR_LEN, MIN_READBACK_BLOCK,
 };
 pub use names::{
-    BookmarkName, DatasetName, NameError, QubeName, SnapLabel, SnapshotName, MAX_NAME_LEN,
+    BlobName, BookmarkName, DatasetName, NameError, QubeName, SnapLabel, SnapshotName,
+    MAX_BLOB_COMPONENTS, MAX_BLOB_NAME_LEN, MAX_NAME_LEN,
 };
 pub use token::{
     decode_resume_token, encode_resume_token, encode_resume_token_with, NvEncoding, ResumeToken,

@@ -11,7 +11,7 @@ use crate::frame::{
     read_frame, read_frame_required, write_frame, FrameKind, ProtocolError, MAX_REPLY_PAYLOAD,
     MAX_REQUEST_PAYLOAD,
 };
-use crate::names::{DatasetName, SnapshotName};
+use crate::names::{BlobName, DatasetName, SnapshotName};
 
 /// Longest resume token accepted anywhere (real ones are a few hundred bytes).
 pub const MAX_RESUME_TOKEN_LEN: usize = 16 << 10;
@@ -23,6 +23,16 @@ pub const MAX_ZFS_STDERR_LEN: usize = 16 << 10;
 pub const MAX_INVENTORY_DATASETS: usize = 16_384;
 /// Most snapshots (over all datasets) in one inventory reply.
 pub const MAX_INVENTORY_SNAPSHOTS: usize = 32_768;
+/// Largest blob the agent stores or hands back: 16 GiB (a fully used 2 TiB volume's manifest,
+/// 49 bytes per 16 KiB block, is about 6.3 GiB).
+pub const MAX_BLOB_LEN: u64 = 16 << 30;
+/// Most blobs in one `Blobs` reply: 50 000 names of at most 200 bytes, with their lengths,
+/// stay below the 16 MiB reply limit.
+pub const MAX_BLOBS_LISTED: usize = 50_000;
+/// Smallest `volblocksize` a read-back accepts.
+pub const MIN_READBACK_BLOCK: u64 = 512;
+/// Largest `volblocksize` a read-back accepts (a block frame's limit).
+pub const MAX_READBACK_BLOCK: u64 = 1 << 20;
 
 /// Filesystem or volume (zvol).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
@@ -103,6 +113,51 @@ pub struct AbortRequest {
     pub dataset: DatasetName,
 }
 
+/// Store a blob: after `BlobReady` the driver sends exactly `len` bytes as data frames and an
+/// end frame (the same framing as a receive); the agent answers `BlobStored`. The agent stores
+/// it atomically (a blob of that name is replaced only when the new one is complete).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct PutBlobRequest {
+    pub root: DatasetName,
+    pub name: BlobName,
+    pub len: u64,
+}
+
+/// Read a blob: the agent answers `Blob { len }` and then sends `len` bytes as data frames and
+/// an end frame; a blob longer than `max_len` is refused before anything is sent.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct GetBlobRequest {
+    pub root: DatasetName,
+    pub name: BlobName,
+    pub max_len: u64,
+}
+
+/// List the blobs below the directory `prefix` (all blobs if `None`).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct ListBlobsRequest {
+    pub root: DatasetName,
+    pub prefix: Option<BlobName>,
+}
+
+/// Read a received zvol snapshot back: after `ReadBackReady` the agent sends one block frame
+/// per non-zero `volblocksize` block of the snapshot, in increasing offset order, then
+/// `ReadBackDone` (or an `Error` that ends the read-back).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct ReadBackRequest {
+    pub root: DatasetName,
+    /// Strictly under `root`.
+    pub snapshot: SnapshotName,
+    /// A power of two in 512 ..= 1 MiB.
+    pub volblocksize: u64,
+}
+
+/// One stored blob.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct BlobInfo {
+    pub name: BlobName,
+    pub len: u64,
+}
+
 // A request is decoded, handled and dropped one at a time, so the size of the largest variant
 // costs nothing; boxing it would only add an allocation per request.
 #[allow(clippy::large_enum_variant)]
@@ -111,6 +166,11 @@ pub enum Request {
     Inventory(InventoryRequest),
     Receive(ReceiveRequest),
     Abort(AbortRequest),
+    /// Added in protocol version 3, like the other blob and read-back requests.
+    PutBlob(PutBlobRequest),
+    GetBlob(GetBlobRequest),
+    ListBlobs(ListBlobsRequest),
+    ReadBack(ReadBackRequest),
 }
 
 /// Why something failed. The first group comes from classifying `zfs receive` stderr, the
@@ -153,6 +213,11 @@ pub enum ErrorClass {
     GuidMismatch,
     /// Something inside the agent failed (lock file, spawning zfs…).
     Internal,
+    /// A blob (or a listing) is larger than the request or the protocol allows.
+    TooLarge,
+    /// A read-back's stream is not what a zvol snapshot's must be (wrong objset or object
+    /// type, block size, compressed or misplaced records).
+    ReadBackRefused,
 }
 
 impl fmt::Display for ErrorClass {
@@ -176,6 +241,8 @@ impl fmt::Display for ErrorClass {
             ErrorClass::ResumeTokenMismatch => "resume token does not match the receiver",
             ErrorClass::GuidMismatch => "received snapshot has an unexpected guid",
             ErrorClass::Internal => "receiver internal error",
+            ErrorClass::TooLarge => "too large",
+            ErrorClass::ReadBackRefused => "the snapshot cannot be read back",
         };
         f.write_str(text)
     }
@@ -227,6 +294,26 @@ pub enum Reply {
     Waiting {
         holder: String,
     },
+    /// The agent is ready for a blob's data frames.
+    BlobReady,
+    /// The blob is stored (`len` bytes, complete and synced).
+    BlobStored {
+        name: BlobName,
+        len: u64,
+    },
+    /// The blob exists with `len` bytes; its data frames and end frame follow.
+    Blob {
+        len: u64,
+    },
+    /// The blobs below the requested prefix, sorted by name.
+    Blobs(Vec<BlobInfo>),
+    /// `zfs send` of the snapshot is running: block frames follow.
+    ReadBackReady,
+    /// The read-back ended: `blocks` block frames of `bytes` bytes in all were sent.
+    ReadBackDone {
+        blocks: u64,
+        bytes: u64,
+    },
 }
 
 fn check_len(what: &str, text: &str, max: usize) -> Result<(), String> {
@@ -259,8 +346,41 @@ impl Request {
                 Ok(())
             }
             Request::Receive(r) => r.validate(),
+            Request::PutBlob(r) => check_blob_len("blob length", r.len),
+            Request::GetBlob(r) => check_blob_len("largest blob length", r.max_len),
+            Request::ListBlobs(_) => Ok(()),
+            Request::ReadBack(r) => {
+                if !r.snapshot.is_strictly_under(&r.root) {
+                    return Err(format!(
+                        "snapshot {} is not strictly under the receiver root {}",
+                        r.snapshot, r.root
+                    ));
+                }
+                check_volblocksize(r.volblocksize)
+            }
         }
     }
+}
+
+fn check_blob_len(what: &str, len: u64) -> Result<(), String> {
+    if len > MAX_BLOB_LEN {
+        return Err(format!(
+            "{what} {len} is over the limit of {MAX_BLOB_LEN} bytes"
+        ));
+    }
+    Ok(())
+}
+
+/// A read-back's block size: a power of two in 512 ..= 1 MiB.
+pub fn check_volblocksize(volblocksize: u64) -> Result<(), String> {
+    if !volblocksize.is_power_of_two()
+        || !(MIN_READBACK_BLOCK..=MAX_READBACK_BLOCK).contains(&volblocksize)
+    {
+        return Err(format!(
+            "volblocksize {volblocksize} is not a power of two in {MIN_READBACK_BLOCK} ..= {MAX_READBACK_BLOCK}"
+        ));
+    }
+    Ok(())
 }
 
 impl ReceiveRequest {
@@ -372,6 +492,29 @@ impl Reply {
             }
             Reply::Error(e) => check_len("message", &e.message, MAX_MESSAGE_LEN),
             Reply::Waiting { holder } => check_len("lock holder", holder, MAX_MESSAGE_LEN),
+            Reply::BlobReady | Reply::ReadBackReady | Reply::ReadBackDone { .. } => Ok(()),
+            Reply::BlobStored { len, .. } | Reply::Blob { len } => {
+                check_blob_len("blob length", *len)
+            }
+            Reply::Blobs(blobs) => {
+                if blobs.len() > MAX_BLOBS_LISTED {
+                    return Err(format!(
+                        "blob list has {} entries, limit {MAX_BLOBS_LISTED}",
+                        blobs.len()
+                    ));
+                }
+                for pair in blobs.windows(2) {
+                    if pair[0].name >= pair[1].name {
+                        return Err(format!(
+                            "blob list is not sorted by name ({} before {})",
+                            pair[0].name, pair[1].name
+                        ));
+                    }
+                }
+                blobs
+                    .iter()
+                    .try_for_each(|b| check_blob_len("blob length", b.len))
+            }
         }
     }
 }

@@ -97,6 +97,17 @@ pub enum NameError {
     QubeTooLong {
         len: usize,
     },
+    /// A character outside `[a-z0-9._-]` (or `/` between components) in a blob name.
+    BadBlobChar {
+        ch: char,
+    },
+    /// A blob name component starting with `.` (hidden files, `.`/`..`, the agent's
+    /// temporary files).
+    BlobLeadingDot,
+    /// A blob name with more than [`MAX_BLOB_COMPONENTS`] components.
+    BlobTooDeep {
+        components: usize,
+    },
 }
 
 /// Shows a character safely, whatever it is: `'x'` for a visible ASCII character, `U+000A`
@@ -178,6 +189,18 @@ impl fmt::Display for NameError {
             NameError::QubeTooLong { len } => write!(
                 f,
                 "it is {len} characters long; Qubes allows at most {MAX_QUBE_NAME_LEN}"
+            ),
+            NameError::BadBlobChar { ch } => write!(
+                f,
+                "the character {} is not allowed in a blob name (lower-case letters, digits, '.', '_', '-', and '/' between components)",
+                describe_char(*ch)
+            ),
+            NameError::BlobLeadingDot => {
+                write!(f, "a blob name component cannot start with '.'")
+            }
+            NameError::BlobTooDeep { components } => write!(
+                f,
+                "it has {components} components; a blob name has at most {MAX_BLOB_COMPONENTS}"
             ),
         }
     }
@@ -516,6 +539,70 @@ impl fmt::Display for QubeName {
     }
 }
 
+/// Longest blob name, in bytes.
+pub const MAX_BLOB_NAME_LEN: usize = 200;
+/// Most `/`-separated components in a blob name.
+pub const MAX_BLOB_COMPONENTS: usize = 8;
+
+name_type!(
+    /// The name of a blob the receiver agent stores for dom0 (a manifest, a set index…):
+    /// `/`-separated components of `[a-z0-9._-]`, none empty or starting with `.`, at most
+    /// [`MAX_BLOB_COMPONENTS`] components and [`MAX_BLOB_NAME_LEN`] bytes. It is a relative
+    /// path below the agent's blob directory that can never leave it (no `..`, no absolute
+    /// path) nor collide with the agent's own dot-files.
+    BlobName
+);
+
+impl BlobName {
+    pub fn parse(name: &str) -> Result<Self, NameError> {
+        check_size(name, NameError::Empty, MAX_BLOB_NAME_LEN)?;
+        if name.starts_with('/') || name.ends_with('/') {
+            return Err(NameError::LeadingOrTrailingSlash);
+        }
+        let mut components = 0;
+        for component in name.split('/') {
+            components += 1;
+            if component.is_empty() {
+                return Err(NameError::EmptyComponent);
+            }
+            if component.starts_with('.') {
+                return Err(NameError::BlobLeadingDot);
+            }
+            if let Some(ch) = component.chars().find(|c| {
+                !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
+            }) {
+                return Err(NameError::BadBlobChar { ch });
+            }
+        }
+        if components > MAX_BLOB_COMPONENTS {
+            return Err(NameError::BlobTooDeep { components });
+        }
+        Ok(BlobName(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn components(&self) -> impl Iterator<Item = &str> {
+        self.0.split('/')
+    }
+
+    /// True if `self` lies below the directory `prefix` (`a/b` is under `a`; `ab` is not, nor
+    /// is `a` itself).
+    pub fn is_under(&self, prefix: &BlobName) -> bool {
+        self.0.len() > prefix.0.len()
+            && self.0.starts_with(&prefix.0)
+            && self.0.as_bytes()[prefix.0.len()] == b'/'
+    }
+}
+
+impl fmt::Display for BlobName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// Compares dataset names component by component (`a/b` sorts before `a-b`), the order the
 /// coverage report and the send order use.
 pub fn cmp_components(a: &str, b: &str) -> std::cmp::Ordering {
@@ -545,6 +632,7 @@ string_conversions!(
     DatasetName => |n| n.0,
     SnapLabel => |n| n.0,
     QubeName => |n| n.0,
+    BlobName => |n| n.0,
 );
 
 // Names travel inside bincode messages as plain strings and are re-validated on decode, so a
@@ -584,6 +672,7 @@ bincode_as_string!(
     SnapshotName: "snapshot name",
     BookmarkName: "bookmark name",
     QubeName: "qube name",
+    BlobName: "blob name",
 );
 
 #[cfg(test)]

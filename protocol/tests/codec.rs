@@ -41,7 +41,34 @@ fn sample_requests() -> Vec<Request> {
             root: ds("bpool/qzb"),
             dataset: ds("bpool/qzb/x"),
         }),
+        Request::PutBlob(PutBlobRequest {
+            root: ds("bpool/qzb"),
+            name: blob("manifests/a/000001"),
+            len: 4096,
+        }),
+        Request::GetBlob(GetBlobRequest {
+            root: ds("bpool/qzb"),
+            name: blob("sets/1"),
+            max_len: MAX_BLOB_LEN,
+        }),
+        Request::ListBlobs(ListBlobsRequest {
+            root: ds("bpool/qzb"),
+            prefix: Some(blob("manifests")),
+        }),
+        Request::ListBlobs(ListBlobsRequest {
+            root: ds("bpool/qzb"),
+            prefix: None,
+        }),
+        Request::ReadBack(ReadBackRequest {
+            root: ds("bpool/qzb"),
+            snapshot: snap("bpool/qzb/dom0/vm-work/private@qzb-2"),
+            volblocksize: 16384,
+        }),
     ]
+}
+
+fn blob(s: &str) -> BlobName {
+    BlobName::parse(s).unwrap()
 }
 
 fn sample_replies() -> Vec<Reply> {
@@ -89,6 +116,27 @@ fn sample_replies() -> Vec<Reply> {
             class: ErrorClass::Busy,
             message: "busy".into(),
         }),
+        Reply::BlobReady,
+        Reply::BlobStored {
+            name: blob("sets/1"),
+            len: 7,
+        },
+        Reply::Blob { len: 7 },
+        Reply::Blobs(vec![
+            BlobInfo {
+                name: blob("m/a"),
+                len: 1,
+            },
+            BlobInfo {
+                name: blob("m/b"),
+                len: 0,
+            },
+        ]),
+        Reply::ReadBackReady,
+        Reply::ReadBackDone {
+            blocks: 3,
+            bytes: 3 * 16384,
+        },
     ]
 }
 
@@ -600,6 +648,9 @@ fn fuzzed_frames_and_messages_never_panic() {
                 FrameKind::End => {
                     let _ = StreamVerifier::new().verify_end(&buf);
                 }
+                FrameKind::Block => {
+                    let _ = parse_block_frame(&buf);
+                }
             }
         }
         // Raw message decoders on the mutated bytes directly, too.
@@ -613,4 +664,127 @@ fn fuzzed_frames_and_messages_never_panic() {
         let _ = decode_request(&bytes);
         let _ = decode_reply(&bytes);
     }
+}
+
+#[test]
+fn blob_and_read_back_requests_breaking_limits_are_refused_on_decode() {
+    let refused = |r: Request, want: &str| {
+        let bytes = encode_request(&r).unwrap();
+        match decode_request(&bytes) {
+            Err(ProtocolError::InvalidMessage(m)) => assert!(m.contains(want), "{m}"),
+            other => panic!("{r:?} decoded as {other:?}"),
+        }
+    };
+    refused(
+        Request::PutBlob(PutBlobRequest {
+            root: ds("bpool/qzb"),
+            name: blob("a"),
+            len: MAX_BLOB_LEN + 1,
+        }),
+        "over the limit",
+    );
+    refused(
+        Request::GetBlob(GetBlobRequest {
+            root: ds("bpool/qzb"),
+            name: blob("a"),
+            max_len: u64::MAX,
+        }),
+        "over the limit",
+    );
+    let read_back = |snapshot: &str, volblocksize| {
+        Request::ReadBack(ReadBackRequest {
+            root: ds("bpool/qzb"),
+            snapshot: snap(snapshot),
+            volblocksize,
+        })
+    };
+    refused(read_back("bpool/qzb@s", 16384), "not strictly under");
+    refused(read_back("bpool/other/v@s", 16384), "not strictly under");
+    for bad in [0, 256, 3 * 4096, 2 << 20] {
+        refused(read_back("bpool/qzb/v@s", bad), "not a power of two");
+    }
+    for good in [512, 16384, 1 << 20] {
+        let r = read_back("bpool/qzb/v@s", good);
+        assert_eq!(decode_request(&encode_request(&r).unwrap()).unwrap(), r);
+    }
+}
+
+#[test]
+fn blob_names_that_could_escape_are_refused_inside_messages() {
+    // Encode a valid request, then swap the name for a hostile one of the same length.
+    let r = Request::GetBlob(GetBlobRequest {
+        root: ds("bpool/qzb"),
+        name: blob("aa/bb"),
+        max_len: 1,
+    });
+    let bytes = encode_request(&r).unwrap();
+    for hostile in ["../bb", "/a/bb", "aa/.b", "AA/bb", "aa//b"] {
+        let at = bytes.windows(5).position(|w| w == b"aa/bb").unwrap();
+        let mut evil = bytes.clone();
+        evil[at..at + 5].copy_from_slice(hostile.as_bytes());
+        match decode_request(&evil) {
+            Err(ProtocolError::Decode(m)) => assert!(m.contains("invalid blob name"), "{m}"),
+            other => panic!("{hostile}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn blob_lists_that_are_too_long_unsorted_or_oversized_are_refused_on_decode() {
+    let info = |name: &str, len| BlobInfo {
+        name: blob(name),
+        len,
+    };
+    let refused = |r: Reply, want: &str| match decode_reply(&encode_reply(&r).unwrap()) {
+        Err(ProtocolError::InvalidMessage(m)) => assert!(m.contains(want), "{m}"),
+        other => panic!("{other:?}"),
+    };
+    refused(Reply::Blobs(vec![info("b", 1), info("a", 1)]), "not sorted");
+    refused(Reply::Blobs(vec![info("a", 1), info("a", 1)]), "not sorted");
+    refused(
+        Reply::Blobs(vec![info("a", MAX_BLOB_LEN + 1)]),
+        "over the limit",
+    );
+    refused(
+        Reply::Blob {
+            len: MAX_BLOB_LEN + 1,
+        },
+        "over the limit",
+    );
+    let many: Vec<BlobInfo> = (0..=MAX_BLOBS_LISTED)
+        .map(|i| info(&format!("{i:06}"), 0))
+        .collect();
+    refused(Reply::Blobs(many), "limit");
+}
+
+#[test]
+fn block_frames_carry_an_offset_and_512_bytes_to_1_mib() {
+    let mut wire = Vec::new();
+    let block = pattern(16384);
+    write_block_frame(&mut wire, 32768, &block).unwrap();
+    let mut payload = Vec::new();
+    let kind = read_frame(&mut Cursor::new(&wire), &mut payload).unwrap();
+    assert_eq!(kind, Some(FrameKind::Block));
+    let (offset, data) = parse_block_frame(&payload).unwrap();
+    assert_eq!((offset, data), (32768, &block[..]));
+
+    for bad in [0, 511, MAX_BLOCK_DATA + 1] {
+        let mut out = Vec::new();
+        assert!(
+            write_block_frame(&mut out, 0, &vec![1; bad]).is_err(),
+            "{bad}"
+        );
+        assert!(out.is_empty());
+        assert!(parse_block_frame(&vec![1; BLOCK_PREFIX_LEN + bad]).is_err());
+    }
+    // A header claiming a larger block is refused before any buffer is sized.
+    let mut huge = Vec::new();
+    huge.extend_from_slice(&6u32.to_le_bytes());
+    huge.extend_from_slice(&(u32::MAX).to_le_bytes());
+    let mut payload = Vec::new();
+    match read_frame(&mut Cursor::new(&huge), &mut payload) {
+        Err(ProtocolError::BadFrameLength { kind, .. }) => assert_eq!(kind, FrameKind::Block),
+        other => panic!("{other:?}"),
+    }
+    assert!(payload.capacity() < 1 << 20);
 }

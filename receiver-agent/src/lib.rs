@@ -5,12 +5,17 @@
 //! [`memory::MemoryZfs`] keeps everything in memory for tests.
 #![forbid(unsafe_code)]
 
+pub mod blobs;
 pub mod classify;
 mod lock;
 pub mod memory;
+pub mod readback;
 mod serve;
 pub mod zfs;
 
 pub use classify::classify_zfs_stderr;
 pub use serve::{serve, AgentError, Config, DEFAULT_LOCK_PATH};
-pub use zfs::{receive_argv, ReceiveArgs, ReceiveExit, ReceiveProcess, SystemZfs, Zfs, ZfsError};
+pub use zfs::{
+    create_meta_argv, read_back_send_argv, receive_argv, MountState, ReceiveArgs, ReceiveExit,
+    ReceiveProcess, SendProcess, SystemZfs, Zfs, ZfsError,
+};

@@ -11,6 +11,9 @@ use receiver_agent::{serve, Config, SystemZfs};
 const NAME: &str = "qubes-zfs-backup-receiver";
 /// Test hook for the lock file location; qrexec callers cannot set the service's environment.
 const LOCK_ENV: &str = "QUBES_ZFS_BACKUP_RECEIVE_LOCK";
+/// Where the blob filesystems are mounted (default `/run/qubes-zfs-backup/meta`); set by the
+/// service's unit or, in tests, the fakes.
+const META_ENV: &str = "QUBES_ZFS_BACKUP_META_BASE";
 
 fn main() -> ExitCode {
     if std::env::args_os().len() > 1 {
@@ -40,6 +43,9 @@ fn main() -> ExitCode {
     let mut config = Config::default();
     if let Some(path) = std::env::var_os(LOCK_ENV) {
         config.lock_path = PathBuf::from(path);
+    }
+    if let Some(path) = std::env::var_os(META_ENV) {
+        config.meta_base = Some(PathBuf::from(path));
     }
     // Not locked: the stream is read on its own thread (see serve::feed).
     let stdin = io::stdin();

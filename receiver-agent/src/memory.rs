@@ -7,7 +7,7 @@
 //! token, like `zfs receive -s` does.
 
 use std::collections::BTreeMap;
-use std::io::{self, Write};
+use std::io::{self, Cursor, Read, Write};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use qzb_protocol::{
@@ -15,7 +15,9 @@ use qzb_protocol::{
     SnapshotInfo, SnapshotName,
 };
 
-use crate::zfs::{ReceiveArgs, ReceiveExit, ReceiveProcess, Zfs, ZfsError};
+use crate::zfs::{
+    MountState, ReceiveArgs, ReceiveExit, ReceiveProcess, SendProcess, Zfs, ZfsError,
+};
 
 pub const FAKE_MAGIC: &[u8; 8] = b"QZBFAKE1";
 pub const FAKE_TRAILER: &[u8; 11] = b"QZBFAKE-END";
@@ -60,6 +62,13 @@ pub struct MemState {
     pub fail_next_receive: Option<PlannedFailure>,
     /// Bytes fed to each receive, in order.
     pub received_streams: Vec<Vec<u8>>,
+    /// What `zfs send` of a snapshot (by full name) writes, for read-backs.
+    pub send_streams: BTreeMap<String, Vec<u8>>,
+    /// The next `zfs send` writes its stream, then exits 1 with this stderr.
+    pub fail_next_send: Option<String>,
+    /// Filesystems made by `create_meta`: dataset → (mountpoint, mounted). Creating one makes
+    /// its mountpoint directory, like a mount would (the only file I/O of `MemoryZfs`).
+    pub mounts: BTreeMap<String, (String, bool)>,
     next_txg: u64,
 }
 
@@ -235,6 +244,127 @@ impl Zfs for MemoryZfs {
             bytes: Vec::new(),
             failure,
         }))
+    }
+
+    fn create_meta(&self, dataset: &DatasetName, mountpoint: &str) -> Result<(), ZfsError> {
+        let mut st = self.state();
+        let action = crate::zfs::create_meta_argv(dataset, mountpoint).join(" ");
+        if let Some(parent) = dataset.parent() {
+            if !st.datasets.contains_key(parent.as_str()) {
+                return Err(missing(format!("zfs {action}"), parent.as_str()));
+            }
+        }
+        if st.datasets.contains_key(dataset.as_str()) {
+            return Err(ZfsError {
+                action: format!("zfs {action}"),
+                detail: "exit status: 1".into(),
+                stderr: format!("cannot create '{dataset}': dataset already exists\n"),
+            });
+        }
+        std::fs::create_dir_all(mountpoint).map_err(|e| ZfsError {
+            action: format!("zfs {action}"),
+            detail: "exit status: 1".into(),
+            stderr: format!("cannot mount '{mountpoint}': {e}\n"),
+        })?;
+        st.log.push(format!("create-meta {dataset} {mountpoint}"));
+        let guid = 1000 + st.datasets.len() as u64;
+        st.datasets.insert(
+            dataset.to_string(),
+            MemDataset {
+                kind: DatasetKind::Filesystem,
+                guid,
+                snapshots: Vec::new(),
+                resume_token: None,
+                partial: Vec::new(),
+                unmountable: false,
+            },
+        );
+        st.mounts
+            .insert(dataset.to_string(), (mountpoint.to_owned(), true));
+        Ok(())
+    }
+
+    fn mount_state(&self, dataset: &DatasetName) -> Result<Option<MountState>, ZfsError> {
+        let st = self.state();
+        if !st.datasets.contains_key(dataset.as_str()) {
+            return Ok(None);
+        }
+        Ok(Some(match st.mounts.get(dataset.as_str()) {
+            Some((mountpoint, mounted)) => MountState {
+                mounted: *mounted,
+                mountpoint: mountpoint.clone(),
+            },
+            None => MountState {
+                mounted: false,
+                mountpoint: "none".into(),
+            },
+        }))
+    }
+
+    fn mount(&self, dataset: &DatasetName) -> Result<(), ZfsError> {
+        let mut st = self.state();
+        st.log.push(format!("mount {dataset}"));
+        match st.mounts.get_mut(dataset.as_str()) {
+            Some((_, mounted)) => {
+                *mounted = true;
+                Ok(())
+            }
+            None => Err(ZfsError {
+                action: format!("zfs mount {dataset}"),
+                detail: "exit status: 1".into(),
+                stderr: format!("cannot mount '{dataset}': no mountpoint set\n"),
+            }),
+        }
+    }
+
+    fn start_send(&self, snapshot: &SnapshotName) -> Result<Box<dyn SendProcess>, ZfsError> {
+        let mut st = self.state();
+        st.log
+            .push(crate::zfs::read_back_send_argv(snapshot).join(" "));
+        let Some(stream) = st.send_streams.get(snapshot.as_str()).cloned() else {
+            return Err(missing(
+                format!("zfs send -L {snapshot}"),
+                snapshot.as_str(),
+            ));
+        };
+        let failure = st.fail_next_send.take();
+        Ok(Box::new(MemSend {
+            stream: Cursor::new(stream),
+            failure,
+            killed: false,
+        }))
+    }
+}
+
+struct MemSend {
+    stream: Cursor<Vec<u8>>,
+    failure: Option<String>,
+    killed: bool,
+}
+
+impl SendProcess for MemSend {
+    fn stdout(&mut self) -> &mut dyn Read {
+        &mut self.stream
+    }
+
+    fn kill(&mut self) {
+        self.killed = true;
+    }
+
+    fn finish(self: Box<Self>) -> ReceiveExit {
+        match (self.killed, self.failure) {
+            (true, _) => ReceiveExit {
+                success: false,
+                status: "signal: 9 (SIGKILL)".into(),
+                stderr: String::new(),
+            },
+            (false, Some(stderr)) => fail(stderr),
+            (false, None) => ReceiveExit {
+                success: true,
+                status: "exit status: 0".into(),
+                stderr: String::new(),
+            },
+        }
     }
 }
 

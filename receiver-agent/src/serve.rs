@@ -31,6 +31,9 @@ pub struct Config {
     pub lock_wait: Duration,
     /// Pass `-o` options on resume streams too (see `zfs::receive_argv`).
     pub properties_on_resume: bool,
+    /// Where the metadata filesystems holding blobs are mounted (see `blobs`); `None` refuses
+    /// every blob request.
+    pub meta_base: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -39,6 +42,7 @@ impl Default for Config {
             lock_path: PathBuf::from(DEFAULT_LOCK_PATH),
             lock_wait: Duration::from_secs(30),
             properties_on_resume: true,
+            meta_base: Some(PathBuf::from(crate::blobs::DEFAULT_META_BASE)),
         }
     }
 }
@@ -50,6 +54,9 @@ pub enum AgentError {
     Protocol(ProtocolError),
     /// A receive failed after streaming began (reported to the driver if it was still there).
     ReceiveFailed { class: ErrorClass, message: String },
+    /// Storing a blob failed after its data began (reported to the driver if it was still
+    /// there).
+    BlobFailed { class: ErrorClass, message: String },
 }
 
 impl fmt::Display for AgentError {
@@ -58,6 +65,9 @@ impl fmt::Display for AgentError {
             AgentError::Protocol(e) => write!(f, "{e}"),
             AgentError::ReceiveFailed { class, message } => {
                 write!(f, "receive failed ({class}): {message}")
+            }
+            AgentError::BlobFailed { class, message } => {
+                write!(f, "storing a blob failed ({class}): {message}")
             }
         }
     }
@@ -80,7 +90,7 @@ pub(crate) fn failure(class: ErrorClass, message: impl AsRef<str>) -> ReceiveFai
     }
 }
 
-fn error_reply(class: ErrorClass, message: impl AsRef<str>) -> Reply {
+pub(crate) fn error_reply(class: ErrorClass, message: impl AsRef<str>) -> Reply {
     Reply::Error(ErrorReply {
         class,
         message: truncate_text(message.as_ref(), MAX_MESSAGE_LEN),
@@ -136,6 +146,14 @@ pub fn serve<R: Read + Send, W: Write>(
             Request::Receive(req) => {
                 receive(config, zfs, &req, &mut reader, &mut writer)?;
             }
+            Request::PutBlob(req) => {
+                crate::blobs::put_blob(config, zfs, &req, &mut reader, &mut writer)?
+            }
+            Request::GetBlob(req) => crate::blobs::get_blob(config, zfs, &req, &mut writer)?,
+            Request::ListBlobs(req) => {
+                write_reply(&mut writer, &crate::blobs::list_blobs(config, zfs, &req))?
+            }
+            Request::ReadBack(req) => crate::readback::read_back(zfs, &req, &mut writer)?,
         }
     }
 }

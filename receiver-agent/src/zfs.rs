@@ -94,6 +94,51 @@ pub struct ReceiveExit {
     pub stderr: String,
 }
 
+/// A running `zfs send` (the agent's own, for a read-back).
+pub trait SendProcess {
+    /// The stream.
+    fn stdout(&mut self) -> &mut dyn Read;
+    /// Stops it (after the read-back failed); `finish` still reaps it.
+    fn kill(&mut self);
+    /// Waits for it to exit.
+    fn finish(self: Box<Self>) -> ReceiveExit;
+}
+
+/// Where a filesystem is mounted, as `zfs get mounted,mountpoint` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountState {
+    pub mounted: bool,
+    /// The `mountpoint` property (a path, `none` or `legacy`).
+    pub mountpoint: String,
+}
+
+/// The argv (after `zfs`) that creates the agent's metadata filesystem: mounted at
+/// `mountpoint` whatever the root's own mountpoint is (`none` and `legacy` included), and no
+/// programs, setuid files or device nodes honoured on it.
+pub fn create_meta_argv(dataset: &DatasetName, mountpoint: &str) -> Vec<String> {
+    strings(&[
+        "create",
+        "-o",
+        &format!("mountpoint={mountpoint}"),
+        "-o",
+        "canmount=on",
+        "-o",
+        "exec=off",
+        "-o",
+        "setuid=off",
+        "-o",
+        "devices=off",
+        dataset.as_str(),
+    ])
+}
+
+/// The argv (after `zfs`) of a read-back's stream: a full stream of the snapshot with large
+/// blocks kept whole (`-L`), and without `-c`/`-e`/`-w`, so every WRITE payload is the plain
+/// logical block.
+pub fn read_back_send_argv(snapshot: &SnapshotName) -> Vec<String> {
+    strings(&["send", "-L", snapshot.as_str()])
+}
+
 /// A running `zfs receive`.
 pub trait ReceiveProcess {
     /// Where the verified stream goes.
@@ -116,6 +161,14 @@ pub trait Zfs {
     /// `zfs receive -A DATASET`.
     fn abort_receive(&self, dataset: &DatasetName) -> Result<(), ZfsError>;
     fn start_receive(&self, args: &ReceiveArgs) -> Result<Box<dyn ReceiveProcess>, ZfsError>;
+    /// `zfs create` of the agent's metadata filesystem ([`create_meta_argv`]).
+    fn create_meta(&self, dataset: &DatasetName, mountpoint: &str) -> Result<(), ZfsError>;
+    /// `zfs get mounted,mountpoint`; `None` if the dataset does not exist.
+    fn mount_state(&self, dataset: &DatasetName) -> Result<Option<MountState>, ZfsError>;
+    /// `zfs mount DATASET`.
+    fn mount(&self, dataset: &DatasetName) -> Result<(), ZfsError>;
+    /// Starts `zfs send` of a snapshot for a read-back ([`read_back_send_argv`]).
+    fn start_send(&self, snapshot: &SnapshotName) -> Result<Box<dyn SendProcess>, ZfsError>;
 }
 
 /// Reads `reader` to the end on a thread, keeping at most `cap` bytes; the rest is drained so
@@ -443,6 +496,87 @@ impl Zfs for SystemZfs {
             stdin: Some(stdin),
             stderr,
         }))
+    }
+
+    fn create_meta(&self, dataset: &DatasetName, mountpoint: &str) -> Result<(), ZfsError> {
+        self.run_ok(&create_meta_argv(dataset, mountpoint))
+            .map(|_| ())
+    }
+
+    fn mount_state(&self, dataset: &DatasetName) -> Result<Option<MountState>, ZfsError> {
+        let Some(value) = self.get_value("mounted,mountpoint", dataset.as_str())? else {
+            return Ok(None);
+        };
+        let mut lines = value.lines();
+        match (lines.next(), lines.next(), lines.next()) {
+            (Some(mounted @ ("yes" | "no")), Some(mountpoint), None) => Ok(Some(MountState {
+                mounted: mounted == "yes",
+                mountpoint: mountpoint.to_owned(),
+            })),
+            _ => Err(ZfsError {
+                action: format!("zfs get mounted,mountpoint {dataset}"),
+                detail: format!("unexpected output {}", quoted(&value)),
+                stderr: String::new(),
+            }),
+        }
+    }
+
+    fn mount(&self, dataset: &DatasetName) -> Result<(), ZfsError> {
+        self.run_ok(&strings(&["mount", dataset.as_str()]))
+            .map(|_| ())
+    }
+
+    fn start_send(&self, snapshot: &SnapshotName) -> Result<Box<dyn SendProcess>, ZfsError> {
+        let argv = read_back_send_argv(snapshot);
+        let mut child = self
+            .command(&argv)
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| ZfsError {
+                action: Self::action(&argv),
+                detail: format!("cannot run zfs: {e}"),
+                stderr: String::new(),
+            })?;
+        let stderr = capture_bounded(child.stderr.take().expect("piped"), MAX_STDERR_CAPTURE);
+        let stdout = child.stdout.take().expect("piped");
+        Ok(Box::new(SystemSend {
+            child,
+            stdout,
+            stderr,
+        }))
+    }
+}
+
+struct SystemSend {
+    child: Child,
+    stdout: std::process::ChildStdout,
+    stderr: JoinHandle<String>,
+}
+
+impl SendProcess for SystemSend {
+    fn stdout(&mut self) -> &mut dyn Read {
+        &mut self.stdout
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+    }
+
+    fn finish(mut self: Box<Self>) -> ReceiveExit {
+        let status = self.child.wait();
+        let stderr = self.stderr.join().unwrap_or_default();
+        match status {
+            Ok(status) => ReceiveExit {
+                success: status.success(),
+                status: status.to_string(),
+                stderr,
+            },
+            Err(e) => ReceiveExit {
+                success: false,
+                status: format!("cannot wait for zfs send: {e}"),
+                stderr,
+            },
+        }
     }
 }
 

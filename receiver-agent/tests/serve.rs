@@ -28,6 +28,7 @@ fn config(test: &str) -> Config {
         lock_path: dir.join("receive.lock"),
         lock_wait: Duration::from_millis(200),
         properties_on_resume: true,
+        meta_base: None,
     }
 }
 

@@ -211,6 +211,24 @@ impl Client {
         }
     }
 
+    /// Reads one frame of a stream the agent sends (a blob's data frames, a read-back's block
+    /// frames, the reply that ends them). The frame's length was checked against its kind's
+    /// bounds before the buffer was sized; the watchdog bounds the agent's silence.
+    pub(crate) fn read_stream_frame(
+        &mut self,
+        expected: &'static str,
+    ) -> Result<(proto::FrameKind, &[u8])> {
+        match proto::read_frame_required(&mut self.reader, &mut self.buf, expected) {
+            Ok(kind) => Ok((kind, &self.buf)),
+            Err(_) if self.timed_out() => Err(Error::Receiver(
+                "the receiver did not answer in time".to_owned(),
+            )),
+            Err(e) => Err(Error::Receiver(format!(
+                "bad {expected} from the receiver: {e}"
+            ))),
+        }
+    }
+
     /// Where data frames go (the pump writes them directly, bypassing the request buffer's
     /// copy for large frames); `None` once our side is closed.
     pub fn data_sink(&mut self) -> Option<&mut BufWriter<BoxWrite>> {

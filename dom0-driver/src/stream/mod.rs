@@ -3,6 +3,7 @@
 //! that (`receiver`), the data path (`pump`, `progress`), and the commands that use a session
 //! (`send`, `verify`, `abort`, `calc`'s receiver checks).
 pub mod abort;
+pub mod blob;
 pub mod calc;
 pub mod client;
 pub mod estimate;

@@ -118,6 +118,12 @@ pub(crate) fn reply_name(r: &proto::Reply) -> &'static str {
         proto::Reply::Aborted { .. } => "an abort confirmation",
         proto::Reply::Error(_) => "an error",
         proto::Reply::Waiting { .. } => "a lock notice",
+        proto::Reply::BlobReady => "BlobReady",
+        proto::Reply::BlobStored { .. } => "a blob confirmation",
+        proto::Reply::Blob { .. } => "a blob",
+        proto::Reply::Blobs(_) => "a blob list",
+        proto::Reply::ReadBackReady => "ReadBackReady",
+        proto::Reply::ReadBackDone { .. } => "a read-back summary",
     }
 }
 

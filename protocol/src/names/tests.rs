@@ -251,3 +251,58 @@ fn names_are_encoded_on_the_wire_exactly_as_their_strings() {
         bincode::encode_to_vec("pool/a".to_string(), config).unwrap()
     );
 }
+
+#[test]
+fn blob_names_are_relative_paths_that_cannot_leave_their_directory() {
+    for ok in [
+        "a",
+        "manifests/mainpool/qubes/work/private/000001.hdr",
+        "sets/2024-01-01_12.00.00",
+        "x-y_z.0",
+        "a/b/c/d/e/f/g/h",
+    ] {
+        assert_eq!(BlobName::parse(ok).unwrap().as_str(), ok);
+    }
+    let cases: &[(&str, NameError)] = &[
+        ("", NameError::Empty),
+        ("/etc/passwd", NameError::LeadingOrTrailingSlash),
+        ("a/", NameError::LeadingOrTrailingSlash),
+        ("a//b", NameError::EmptyComponent),
+        ("..", NameError::BlobLeadingDot),
+        ("a/../b", NameError::BlobLeadingDot),
+        ("a/.", NameError::BlobLeadingDot),
+        (".hidden", NameError::BlobLeadingDot),
+        ("a/.tmp-1", NameError::BlobLeadingDot),
+        ("A", NameError::BadBlobChar { ch: 'A' }),
+        ("a b", NameError::BadBlobChar { ch: ' ' }),
+        ("a:b", NameError::BadBlobChar { ch: ':' }),
+        ("a\\b", NameError::BadBlobChar { ch: '\\' }),
+        ("a\0", NameError::BadBlobChar { ch: '\0' }),
+        ("é", NameError::BadBlobChar { ch: 'é' }),
+        (
+            "a/b/c/d/e/f/g/h/i",
+            NameError::BlobTooDeep { components: 9 },
+        ),
+    ];
+    for (name, want) in cases {
+        assert_eq!(BlobName::parse(name).unwrap_err(), *want, "{name:?}");
+    }
+    let long = "a".repeat(MAX_BLOB_NAME_LEN + 1);
+    assert_eq!(
+        BlobName::parse(&long).unwrap_err(),
+        NameError::TooLong {
+            len: MAX_BLOB_NAME_LEN + 1,
+            max: MAX_BLOB_NAME_LEN
+        }
+    );
+    assert!(BlobName::parse(&"a".repeat(MAX_BLOB_NAME_LEN)).is_ok());
+}
+
+#[test]
+fn a_blob_is_under_a_directory_prefix_only_at_a_component_boundary() {
+    let b = |s: &str| BlobName::parse(s).unwrap();
+    assert!(b("m/a/1").is_under(&b("m")));
+    assert!(b("m/a/1").is_under(&b("m/a")));
+    assert!(!b("ma/1").is_under(&b("m")));
+    assert!(!b("m").is_under(&b("m")));
+}

@@ -309,6 +309,11 @@ fn hostile(
             proto::Request::Abort(req) => proto::Reply::Aborted {
                 dataset: req.dataset,
             },
+            // Blob and read-back misbehaviour: tests/blobs.rs.
+            _ => proto::Reply::Error(proto::ErrorReply {
+                class: proto::ErrorClass::InvalidRequest,
+                message: "not supported by this hostile agent".into(),
+            }),
         };
         proto::write_reply(&mut w, &reply).map_err(e)?;
         w.flush().map_err(|x| x.to_string())?;

@@ -230,7 +230,21 @@ pub fn prop(z: &Zfs, host: &str, e: &Ent, p: &str, parsable: bool) -> Option<(St
             }
             stat(c.to_string())
         }
-        (Ent::Snap(..), "volmode" | "mountpoint" | "canmount" | "readonly") => none(),
+        (Ent::Snap(..), "volmode" | "mountpoint" | "canmount" | "readonly" | "mounted") => none(),
+        (Ent::Ds(_, d), "mounted") if d.kind == Kind::Volume => none(),
+        // The fake mounts nothing but the filesystems `zfs create` gave an explicit
+        // mountpoint path (it makes their directory, see `create`).
+        (Ent::Ds(_, d), "mounted") => {
+            let mounted = d
+                .props
+                .get("mountpoint")
+                .is_some_and(|m| m.starts_with('/'))
+                && !matches!(
+                    d.props.get("canmount").map(String::as_str),
+                    Some("off" | "noauto")
+                );
+            stat(if mounted { "yes" } else { "no" }.into())
+        }
         (Ent::Ds(_, d), "mountpoint") if d.kind == Kind::Volume => none(),
         (Ent::Ds(n, _), "mountpoint") => match inherited(z, n, "mountpoint") {
             Some((v, src, from)) => {
@@ -722,6 +736,7 @@ fn create(root: &Path, host: &str, args: &[String]) -> Res {
         None => None,
     };
     let with_parents = p.has('p');
+    let no_mount = p.has('u');
     let r = state::update(root, host, |st| {
         let z = &mut st.zfs;
         if z.datasets.contains_key(&name) {
@@ -790,6 +805,14 @@ fn create(root: &Path, host: &str, args: &[String]) -> Res {
             ..Default::default()
         };
         z.datasets.insert(name.clone(), ds);
+        // "Mount" a filesystem created with an explicit mountpoint path: make its directory.
+        if volsize.is_none() && !no_mount {
+            if let Some(dir) = props.get("mountpoint").filter(|m| m.starts_with('/')) {
+                if let Err(e) = std::fs::create_dir_all(dir) {
+                    return Ok(Err(format!("cannot mount '{name}': {e}")));
+                }
+            }
+        }
         Ok(Ok(()))
     });
     Ok(match r {

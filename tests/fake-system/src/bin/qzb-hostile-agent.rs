@@ -196,6 +196,18 @@ impl Agent {
                         dataset: req.dataset,
                     },
                 )?,
+                // Blob and read-back misbehaviour is exercised in process
+                // (tests/blackbox/tests/blobs.rs); here they are simply refused.
+                proto::Request::PutBlob(_)
+                | proto::Request::GetBlob(_)
+                | proto::Request::ListBlobs(_)
+                | proto::Request::ReadBack(_) => write_reply(
+                    &mut w,
+                    &proto::Reply::Error(proto::ErrorReply {
+                        class: proto::ErrorClass::InvalidRequest,
+                        message: "not supported by the hostile agent".into(),
+                    }),
+                )?,
             }
         }
     }
