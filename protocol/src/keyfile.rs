@@ -97,7 +97,7 @@ impl KdfParams {
 
 impl fmt::Display for KdfParams {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mem = if self.memory_kib % 1024 == 0 {
+        let mem = if self.memory_kib.is_multiple_of(1024) {
             format!("{} MiB", self.memory_kib / 1024)
         } else {
             format!("{} KiB", self.memory_kib)
