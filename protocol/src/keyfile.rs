@@ -32,7 +32,7 @@ pub const MAX_PASSES: u32 = 16;
 pub const MAX_LANES: u32 = 4;
 /// Largest memory × passes accepted: 4 GiB·passes (e.g. 1 GiB × 4, 256 MiB × 16). Argon2's
 /// time is about proportional to this product; the cap bounds what a hostile file can make
-/// dom0 spend to about four times the default (256 MiB × 3).
+/// dom0 spend to about five times the default (256 MiB × 3 = 768 MiB·passes).
 pub const MAX_MEMORY_TIMES_PASSES_KIB: u64 = 4 * 1024 * 1024;
 
 /// blake3 `derive_key` contexts. Each purpose has its own, so no key serves two purposes.
