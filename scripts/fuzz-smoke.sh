@@ -12,6 +12,8 @@
 #                       FUZZ_TARGETS it gets FUZZ_SECONDS
 #   FUZZ_MANIFEST_SECONDS  the same for the manifest_header target (default: the smaller of
 #                       FUZZ_SECONDS and 10)
+#   FUZZ_KEY_FILE_SECONDS  the same for the key_file target (default: the smaller of
+#                       FUZZ_SECONDS and 10)
 #   FUZZ_KEEP=1         keep fuzz/target/smoke-*/ (logs, new inputs) after a clean run too
 #   FUZZ_BUILD=plain|cargo-fuzz
 #       plain (default): plain stable `cargo build` with the instrumentation flags cargo-fuzz
@@ -94,6 +96,8 @@ seconds_for() {
         echo "${FUZZ_ZSTREAM_SECONDS:-$((FUZZ_SECONDS < 10 ? FUZZ_SECONDS : 10))}"
     elif [[ $1 == manifest_header && -z ${FUZZ_TARGETS:-} ]]; then
         echo "${FUZZ_MANIFEST_SECONDS:-$((FUZZ_SECONDS < 10 ? FUZZ_SECONDS : 10))}"
+    elif [[ $1 == key_file && -z ${FUZZ_TARGETS:-} ]]; then
+        echo "${FUZZ_KEY_FILE_SECONDS:-$((FUZZ_SECONDS < 10 ? FUZZ_SECONDS : 10))}"
     else
         echo "$FUZZ_SECONDS"
     fi

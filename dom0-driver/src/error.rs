@@ -22,6 +22,7 @@ pub mod exit {
     pub const SECURITY: i32 = 9;
     pub const PARTIAL: i32 = 10;
     pub const NOTHING_DONE: i32 = 11;
+    pub const KEY: i32 = 12;
 }
 
 /// Every exit code with its meaning: the one table the README and `--help` show.
@@ -64,6 +65,10 @@ pub const EXIT_CODES: &[(i32, &str)] = &[
     (
         exit::NOTHING_DONE,
         "nothing was done, and the command says why (e.g. `verify` before anything was sent, `snapshot` with snapshot-creation disabled)",
+    ),
+    (
+        exit::KEY,
+        "the key: none set up (`key init`), one already set up, a wrong passphrase, a passphrase refused, or a key file that is unsafe, damaged or has refused KDF parameters",
     ),
 ];
 
@@ -108,6 +113,8 @@ pub enum Error {
     Partial(String),
     /// The command had nothing to do (the message says why).
     NothingDone(String),
+    /// The key: missing, wrong passphrase, unsafe or damaged key file (the message says which).
+    Key(String),
 }
 
 impl Error {
@@ -125,6 +132,7 @@ impl Error {
             Error::Security(_) => exit::SECURITY,
             Error::Partial(_) => exit::PARTIAL,
             Error::NothingDone(_) => exit::NOTHING_DONE,
+            Error::Key(_) => exit::KEY,
         }
     }
 }
@@ -155,7 +163,8 @@ impl fmt::Display for Error {
             | Error::Receiver(m)
             | Error::Send(m)
             | Error::Partial(m)
-            | Error::NothingDone(m) => f.write_str(m),
+            | Error::NothingDone(m)
+            | Error::Key(m) => f.write_str(m),
             Error::Security(m) => write!(f, "security: {m}"),
         }
     }
@@ -204,12 +213,13 @@ mod tests {
             Error::Security("s".into()),
             Error::Partial("p".into()),
             Error::NothingDone("n".into()),
+            Error::Key("k".into()),
         ];
         for e in errors {
             assert!(EXIT_CODES.iter().any(|(c, _)| *c == e.exit_code()), "{e:?}");
         }
         let codes: Vec<i32> = EXIT_CODES.iter().map(|(c, _)| *c).collect();
-        assert_eq!(codes, (0..=11).collect::<Vec<_>>());
+        assert_eq!(codes, (0..=12).collect::<Vec<_>>());
     }
 
     #[test]

@@ -7,6 +7,9 @@
 //! - `system`: the one process runner, and what `zfs`, the Admin API and `xl` report;
 //! - `plan`: pure: config + inventory → targets in send order, and their `zfs send` argv;
 //! - `state`: the metadata directory: one state file per imported backup, locks;
+//! - `key`: the backup key: a random master key wrapped by a passphrase (Argon2id), the keys
+//!   derived from it for manifests and metadata, `key init|check|change`, and the passphrase
+//!   prompt; its files live in the metadata directory too (`key.wrapped`, `key`);
 //! - `snapshot`: pure: which target snapshots can be taken now, which wait for a running qube;
 //! - `stream`: everything that talks to the receiver agent: the protocol client over any
 //!   reader/writer, the qrexec call, the decisions on what the backup qube reports, the data
@@ -23,6 +26,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod key;
 pub mod output;
 pub mod plan;
 pub mod snapshot;

@@ -32,7 +32,7 @@ fn help_lists_every_command_and_the_exit_codes() {
     let (code, out, _) = run(&["--help"]);
     assert_eq!(code, 0);
     for cmd in [
-        "check", "import", "list", "snapshot", "calc", "send", "verify", "abort", "status",
+        "check", "import", "list", "snapshot", "calc", "send", "verify", "abort", "status", "key",
     ] {
         assert!(
             out.contains(&format!("  {cmd} ")),
@@ -44,7 +44,9 @@ fn help_lists_every_command_and_the_exit_codes() {
 
 #[test]
 fn command_help_has_an_example() {
-    for cmd in ["check", "import", "snapshot", "calc", "send", "abort"] {
+    for cmd in [
+        "check", "import", "snapshot", "calc", "send", "abort", "key",
+    ] {
         let (code, out, _) = run(&["help", cmd]);
         assert_eq!(code, 0, "{cmd}");
         assert!(out.contains("Example"), "{cmd}:\n{out}");

@@ -415,5 +415,9 @@ fn main() {
         qzb_fuzz::manifest::run_header(&input);
         write("manifest_header", name, &input);
     }
+    for (name, input) in qzb_fuzz::key_file::seeds() {
+        qzb_fuzz::key_file::run(&input);
+        write("key_file", name, &input);
+    }
     println!("corpus written under fuzz/corpus/");
 }

@@ -10,6 +10,7 @@
 
 pub mod agent;
 pub mod alloc_cap;
+pub mod key_file;
 pub mod manifest;
 pub mod stream;
 pub mod zstream;

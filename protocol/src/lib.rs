@@ -11,6 +11,7 @@
 
 pub mod bounded;
 pub mod frame;
+pub mod keyfile;
 pub mod manifest;
 pub mod messages;
 pub mod names;
