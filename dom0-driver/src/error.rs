@@ -60,7 +60,7 @@ pub const EXIT_CODES: &[(i32, &str)] = &[
     ),
     (
         exit::PARTIAL,
-        "partial: everything that was ready was done, some targets were not ready (listed, with why); run the command again once they are",
+        "partial: everything that was ready was done, some targets were not ready (listed, with why); run the command again once they are. For `verify`: no problem found, but some zvols have no manifest and were checked by guid only",
     ),
     (
         exit::NOTHING_DONE,

@@ -226,6 +226,7 @@ mod tests {
             send_state: crate::state::SendState::Pending,
             received_guid: None,
             last_error: None,
+            sent_stream: None,
         }
     }
 

@@ -100,10 +100,17 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Compare every sent target's snapshot guid on the receiver with the source's.
+    /// Check that the medium holds what dom0 sent: every sent snapshot's guid, then every zvol
+    /// read back by the backup qube and checked block by block against its MAC'd manifests.
     Verify {
         #[arg(value_parser = BackupName::parse)]
         name: BackupName,
+        /// Only compare the guids (the receiver's word; no read-back, no key needed).
+        #[arg(long)]
+        quick: bool,
+        /// One JSON object per line instead of text progress.
+        #[arg(long)]
+        json: bool,
     },
     /// Discard partial receive state (zfs receive -A) of this backup on the receiver.
     #[command(
@@ -270,7 +277,9 @@ pub fn run(cli: &Cli, runner: &SystemRunner) -> Result<()> {
         Command::Send { name, json } => {
             commands::receiver::send(&store, runner, &qrexec, name, Mode::detect(*json))
         }
-        Command::Verify { name } => commands::receiver::verify(&store, &qrexec, name),
+        Command::Verify { name, quick, json } => {
+            commands::receiver::verify(&store, &qrexec, name, *quick, Mode::detect(*json))
+        }
         Command::Abort { name, dataset, yes } => {
             commands::receiver::abort(&store, &qrexec, name, dataset.as_deref(), *yes)
         }

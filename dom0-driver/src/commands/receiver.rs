@@ -21,7 +21,12 @@ pub fn send(
     let _lock = store.lock(name)?;
     let mut state = store.load(name)?;
     let config = state.config()?;
-    let inv = inventory::collect_zfs_only(runner)?;
+    // With a key, the manifests name each zvol's qube and volume: that needs the Admin API.
+    let inv = if crate::key::load(store.dir())?.is_some() {
+        inventory::collect(runner)?
+    } else {
+        inventory::collect_zfs_only(runner)?
+    };
     refresh_snapshots(&mut state, &inv)?;
     store.save(&state)?;
     let opts = stream::send::SendOptions {
@@ -31,10 +36,28 @@ pub fn send(
     stream::send::send(runner, connector, store, &mut state, &inv, &opts)
 }
 
-/// `verify NAME`.
-pub fn verify(store: &Store, connector: &dyn Connect, name: &str) -> Result<()> {
+/// `verify NAME [--quick]`.
+pub fn verify(
+    store: &Store,
+    connector: &dyn Connect,
+    name: &str,
+    quick: bool,
+    progress: Mode,
+) -> Result<()> {
     let state = store.load(name)?;
-    stream::verify::verify(connector, &state)
+    let keys = if quick {
+        None
+    } else {
+        crate::key::load(store.dir())?
+    };
+    let opts = stream::verify::VerifyOptions { quick, progress };
+    stream::verify::verify(
+        connector,
+        &state,
+        store.dir(),
+        keys.as_ref().map(|k| &k.manifest),
+        &opts,
+    )
 }
 
 /// `abort NAME [DATASET]`.

@@ -53,6 +53,16 @@ pub struct TargetState {
     /// The guid the receiver reported for the received snapshot.
     pub received_guid: Option<u64>,
     pub last_error: Option<String>,
+    /// The last stream sent for this target (what a set index records for a filesystem).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_stream: Option<SentStream>,
+}
+
+/// What one successful stream carried: its length and the end frame's stream hash (hex).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SentStream {
+    pub bytes: u64,
+    pub blake3: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -88,6 +98,7 @@ impl BackupState {
                     send_state: SendState::Pending,
                     received_guid: None,
                     last_error: None,
+                    sent_stream: None,
                 })
                 .collect(),
         }
@@ -111,6 +122,7 @@ impl BackupState {
                 SendState::Done => {
                     t.send_state = SendState::Done;
                     t.received_guid = before.received_guid;
+                    t.sent_stream = before.sent_stream.clone();
                     done += 1;
                 }
                 SendState::Partial

@@ -7,6 +7,7 @@ pub mod blob;
 pub mod calc;
 pub mod client;
 pub mod estimate;
+pub mod medium;
 pub mod progress;
 pub mod pump;
 pub mod qrexec;

@@ -280,6 +280,7 @@ fn continue_cut_package(
         },
         args: crate::plan::send_args::send_args_from(
             &target.snapshot,
+            target.kind,
             Some(&common),
             target.progressive,
         ),

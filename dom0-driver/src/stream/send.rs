@@ -6,15 +6,19 @@
 //! which `receiver::decide` checks against the plan before `zfs send -t` ever sees it.
 
 use crate::error::{Error, Result};
+use crate::key::Keys;
 use crate::output::{human_bytes, outside, sanitize, zfs_said, Style};
 use crate::plan::send_args::send_args;
-use crate::state::{BackupState, SendState, Store};
+use crate::state::chains::{medium_id, Chains};
+use crate::state::{BackupState, SendState, SentStream, Store};
 use crate::stream::client::Client;
 use crate::stream::estimate::stream_size;
+use crate::stream::medium::store_spooled;
 use crate::stream::progress::{Mode, Run, Target as ProgressTarget};
 use crate::stream::qrexec::Connect;
 use crate::stream::receiver::{decide, inventory, on_receiver, reply_name, ReceiverView, Step};
-use crate::system::inventory::{DatasetKind, Inventory};
+use crate::stream::tap::{chain_start, Spool, VolumeTap};
+use crate::system::inventory::{volume_geometry, DatasetKind, Inventory};
 use crate::system::runner::{Exit, Runner};
 use qzb_protocol as proto;
 use serde_json::json;
@@ -29,8 +33,16 @@ pub struct SendOptions {
 
 /// The outcome of one attempted target.
 enum Outcome {
-    Done { bytes: u64 },
-    Failed { error: Error, session_usable: bool },
+    /// `stream_hash`: the end frame's hash of the stream sent (for a resumed send, of the
+    /// resumed part).
+    Done {
+        bytes: u64,
+        stream_hash: [u8; 32],
+    },
+    Failed {
+        error: Error,
+        session_usable: bool,
+    },
 }
 
 /// How long `zfs send` may take to exit after its output ended.
@@ -44,6 +56,8 @@ struct Transfer<'a> {
     expected_guid: u64,
     /// The backup's name, for the instruction in messages.
     backup: &'a str,
+    /// The manifest tap of a zvol stream, when dom0 has a key.
+    tap: Option<&'a mut VolumeTap>,
 }
 
 /// Streams one target into an open session: asks the agent to receive, pumps `zfs send` into
@@ -51,7 +65,7 @@ struct Transfer<'a> {
 fn stream_target(
     runner: &dyn Runner,
     session: &mut Client,
-    t: Transfer<'_>,
+    mut t: Transfer<'_>,
     mut progress: ProgressTarget<'_>,
 ) -> Outcome {
     let label = t.request.snapshot.as_str().to_owned();
@@ -105,7 +119,10 @@ fn stream_target(
         stdout,
         sink,
         &activity,
-        &mut |_| Ok(()),
+        &mut |chunk| match t.tap.as_deref_mut() {
+            Some(tap) => tap.observe(chunk),
+            None => Ok(()),
+        },
         // If the receiver went away, stop zfs send now rather than let it block on a full pipe.
         || zfs_send.kill(),
         |bytes| progress.update(bytes, false),
@@ -114,11 +131,13 @@ fn stream_target(
     let send_ok = exit == Some(Exit::Code(0)) && pumped.read_error.is_none();
     let bytes = pumped.bytes;
     let mut write_error = pumped.write_error.map(|e| e.to_string());
+    let mut stream_hash = [0u8; 32];
 
     if write_error.is_none() && send_ok {
         let sink = session.data_sink().expect("open session");
-        if let Err(e) = pumped.framer.finish(sink) {
-            write_error = Some(e.to_string());
+        match pumped.framer.finish(sink) {
+            Ok(end) => stream_hash = end.blake3,
+            Err(e) => write_error = Some(e.to_string()),
         }
     } else if write_error.is_none() {
         // zfs send failed: end the session without an end frame, so the agent keeps only
@@ -178,7 +197,7 @@ fn stream_target(
                     session_usable: false,
                 };
             }
-            Outcome::Done { bytes }
+            Outcome::Done { bytes, stream_hash }
         }
         Ok(proto::Reply::Receive(proto::ReceiveResult::Err(f))) => {
             let mut msg = describe_failure(&f);
@@ -320,6 +339,19 @@ pub fn send(
         .map(|&i| state.targets[i].size_estimate)
         .sum::<Option<u64>>();
     let mut run = Run::new(opts.progress, ready.len(), run_total);
+    let keys = crate::key::load(store.dir())?;
+    let auth = keys.as_ref().map(|keys| Auth {
+        keys,
+        medium: medium_id(config.receiver_qube.as_str(), root.as_str()),
+        chains: Chains::new(store.dir()),
+        spool_root: store.dir().join("spool"),
+    });
+    if auth.is_none() && !ready.is_empty() {
+        run.say(
+            "note: dom0 has no key, so this backup is not authenticated: `verify` can only compare guids and restore cannot check it. Run `key init` once; the next full send of each volume makes it verifiable",
+            json!({"event": "note", "unauthenticated": true}),
+        );
+    }
 
     // Targets whose snapshot does not exist yet (their qube was running at `snapshot`) wait;
     // everything that is ready goes now.
@@ -364,6 +396,9 @@ pub fn send(
         if session.is_none() {
             let mut s = connector.connect(&qube)?;
             rx = Some(inventory(&mut s, &root)?);
+            if auth.is_some() {
+                store_wrapped_key(&mut s, &root, store.dir())?;
+            }
             session = Some(s);
         }
         let view = rx.as_ref().expect("inventory with the session");
@@ -378,6 +413,10 @@ pub fn send(
         };
         match step {
             Step::AlreadyThere => {
+                if let (Some(a), DatasetKind::Volume) = (&auth, state.targets[i].target.kind) {
+                    let s = session.as_mut().expect("open session");
+                    a.store_pending(s, &root, snapshot.dataset().as_str(), &run);
+                }
                 run.say(
                     format_args!(
                         "{snapshot} is already on the receiver with the same guid; marking it done"
@@ -419,6 +458,13 @@ pub fn send(
                 };
                 let kind = request.kind;
                 let how = t.target.describe();
+                let mut tap = match (&auth, kind) {
+                    (Some(a), proto::DatasetKind::Volume) => {
+                        let s = session.as_mut().expect("open session");
+                        a.prepare(runner, s, &root, inv, &snapshot, &request.mode, &run)
+                    }
+                    _ => None,
+                };
                 run.say(
                     format_args!(
                         "sending {snapshot} ({how}){}",
@@ -435,11 +481,16 @@ pub fn send(
                     args: &args,
                     expected_guid: guid,
                     backup: &state.name,
+                    tap: tap.as_mut(),
                 };
                 let progress = run.target(snapshot.to_string(), estimate);
                 match stream_target(runner, s, transfer, progress) {
-                    Outcome::Done { bytes } => {
+                    Outcome::Done { bytes, stream_hash } => {
                         sent_bytes += bytes;
+                        if let (Some(a), Some(tap)) = (&auth, tap) {
+                            let s = session.as_mut().expect("open session");
+                            a.finish(tap, s, &root, snapshot.dataset().as_str(), &run);
+                        }
                         if let Some(view) = rx.as_mut() {
                             view.record(&dest, guid, kind)?;
                         }
@@ -447,6 +498,10 @@ pub fn send(
                         t.send_state = SendState::Done;
                         t.received_guid = Some(guid);
                         t.last_error = None;
+                        t.sent_stream = Some(SentStream {
+                            bytes,
+                            blake3: blake3::Hash::from_bytes(stream_hash).to_hex().to_string(),
+                        });
                         store.save(state)?;
                         run.say(
                             format_args!(
@@ -545,4 +600,157 @@ pub fn send(
         json!({"event": "completed"}),
     );
     Ok(())
+}
+
+/// What `send` needs to authenticate zvol streams: the keys, this medium's id, the chain
+/// store and the spool.
+struct Auth<'k> {
+    keys: &'k Keys,
+    medium: String,
+    chains: Chains,
+    spool_root: std::path::PathBuf,
+}
+
+impl Auth<'_> {
+    /// Stores manifests of `dataset` left in the spool by an earlier run (whose upload failed
+    /// or was interrupted). A failure is a warning: the data is on the medium, the manifest
+    /// waits for the next run.
+    fn store_pending(&self, s: &mut Client, root: &proto::DatasetName, dataset: &str, run: &Run) {
+        let spool = Spool::new(&self.spool_root, dataset);
+        if let Err(e) = store_spooled(
+            s,
+            root,
+            &self.medium,
+            &self.chains,
+            &spool,
+            dataset,
+            &self.keys.manifest,
+        ) {
+            run.say(
+                format_args!("warning: the manifests of {dataset} stay in dom0's spool, not yet on the medium ({e}); the next send stores them"),
+                json!({"event": "warning", "dataset": dataset, "manifest_pending": true, "error": e.to_string()}),
+            );
+        }
+    }
+
+    /// The tap of a zvol target's stream, or `None` (said why) when this stream cannot have
+    /// manifests.
+    #[allow(clippy::too_many_arguments)]
+    fn prepare(
+        &self,
+        runner: &dyn Runner,
+        s: &mut Client,
+        root: &proto::DatasetName,
+        inv: &Inventory,
+        snapshot: &proto::SnapshotName,
+        mode: &proto::ReceiveMode,
+        run: &Run,
+    ) -> Option<VolumeTap> {
+        let dataset = snapshot.dataset().as_str();
+        self.store_pending(s, root, dataset, run);
+        let spool = Spool::new(&self.spool_root, dataset);
+        let untapped = |why: String| {
+            run.say(
+                format_args!("note: {snapshot} is sent without a manifest: {why}"),
+                json!({"event": "note", "snapshot": snapshot.to_string(), "unauthenticated": true, "why": why}),
+            );
+            None
+        };
+        let last = match self.chains.last(&self.medium, dataset, &self.keys.manifest) {
+            Ok(last) => last,
+            Err(e) => return untapped(e.to_string()),
+        };
+        let (start, resume) = match chain_start(mode, last.as_ref(), &spool) {
+            Ok(x) => x,
+            Err(why) => return untapped(why),
+        };
+        let geometry = match volume_geometry(runner, dataset) {
+            Ok(g) => g,
+            Err(e) => return untapped(format!("its volume size could not be read: {e}")),
+        };
+        let (qube, volume) = volume_identity(inv, dataset);
+        let volume = qzb_protocol::manifest::Volume {
+            qube,
+            volume,
+            dataset: dataset.to_owned(),
+            volblocksize: geometry.volblocksize,
+        };
+        match VolumeTap::new(
+            spool,
+            volume,
+            self.keys.manifest,
+            start,
+            geometry.volsizes,
+            resume,
+        ) {
+            Ok(tap) => Some(tap),
+            Err(e) => untapped(format!("its manifest could not be started: {e}")),
+        }
+    }
+
+    /// After a zvol stream was received: its manifests into the spool, then onto the medium.
+    fn finish(
+        &self,
+        tap: VolumeTap,
+        s: &mut Client,
+        root: &proto::DatasetName,
+        dataset: &str,
+        run: &Run,
+    ) {
+        match tap.finish() {
+            Ok(_) => self.store_pending(s, root, dataset, run),
+            Err(e) => {
+                run.say(
+                    format_args!("warning: no manifest for the snapshot of {dataset} just sent ({e}); `verify` will report it unverifiable until the next full send"),
+                    json!({"event": "warning", "dataset": dataset, "error": e.to_string()}),
+                );
+            }
+        }
+    }
+}
+
+/// The qube and volume name a zvol belongs to (from the Admin API's volume list), or `dom0`
+/// and a name made from the dataset's last component for a zvol of no qube.
+fn volume_identity(inv: &Inventory, dataset: &str) -> (String, String) {
+    for q in inv.qubes.qubes.values() {
+        if let Some(v) = q.volumes.iter().find(|v| v.vid == dataset) {
+            if qzb_protocol::manifest::check_volume_name(&v.name).is_ok()
+                && qzb_protocol::names::QubeName::parse(&q.name).is_ok()
+            {
+                return (q.name.clone(), v.name.clone());
+            }
+        }
+    }
+    let last = dataset.rsplit('/').next().unwrap_or("zvol");
+    let mut volume: String = last
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(qzb_protocol::manifest::MAX_VOLUME_LEN)
+        .collect();
+    if !volume.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        volume.insert(0, 'v');
+        volume.truncate(qzb_protocol::manifest::MAX_VOLUME_LEN);
+    }
+    ("dom0".to_owned(), volume)
+}
+
+/// Stores dom0's wrapped key on the medium (at every session: it is small, and a changed
+/// passphrase reaches each medium at its next send), so a fresh dom0 can unlock the key from
+/// the medium and the passphrase alone.
+fn store_wrapped_key(
+    s: &mut Client,
+    root: &proto::DatasetName,
+    metadata_dir: &std::path::Path,
+) -> Result<()> {
+    let Some(bytes) = crate::key::wrapped_bytes(metadata_dir)? else {
+        return Ok(());
+    };
+    let name = proto::BlobName::parse("key/wrapped").expect("a valid blob name");
+    s.put_blob(root, &name, &mut bytes.as_slice(), bytes.len() as u64)
 }

@@ -130,6 +130,15 @@ fn old_body(body: &Path) -> PathBuf {
     body.with_extension("body.old")
 }
 
+/// Where a resumed stream continues: the snapshot whose partial manifest body to continue, and
+/// the token's object and offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResumeAt {
+    pub guid: u64,
+    pub object: u64,
+    pub offset: u64,
+}
+
 /// The tap of one zvol target's stream.
 pub struct VolumeTap {
     tap: Tap<StreamManifests<Facts>>,
@@ -145,16 +154,16 @@ impl VolumeTap {
         key: [u8; 32],
         start: ChainStart,
         volsizes: BTreeMap<String, u64>,
-        resume: Option<(u64, u64, u64)>,
+        resume: Option<ResumeAt>,
     ) -> io::Result<Self> {
         let resume = match resume {
-            Some((guid, object, offset)) => {
-                let previous = File::open(spool.body_path(guid))?;
+            Some(at) => {
+                let previous = File::open(spool.body_path(at.guid))?;
                 Some(Resume {
                     previous_body: Box::new(io::BufReader::new(previous))
                         as Box<dyn io::Read + Send>,
-                    object,
-                    offset,
+                    object: at.object,
+                    offset: at.offset,
                 })
             }
             None => None,
@@ -214,5 +223,47 @@ impl VolumeTap {
             let _ = d.sync_all();
         }
         Ok(manifests)
+    }
+}
+
+/// Where a zvol stream's manifests join the volume's chain on this medium, or why the stream
+/// cannot have manifests (it is sent anyway, unauthenticated, and `verify` says so).
+pub fn chain_start(
+    mode: &qzb_protocol::ReceiveMode,
+    last: Option<&ManifestHeader>,
+    spool: &Spool,
+) -> std::result::Result<(ChainStart, Option<ResumeAt>), String> {
+    use qzb_protocol::ReceiveMode;
+    let after = |parent: u64| {
+        match last {
+        Some(h) if h.snapshot_guid == parent => Ok(ChainStart::after(h)),
+        Some(_) | None => Err(
+            "its incremental source has no manifest on this medium (it was sent before authenticated backups, without a key, or another medium holds the chain); the next full send of the volume makes it verifiable"
+                .to_owned(),
+        ),
+    }
+    };
+    match mode {
+        ReceiveMode::Full => Ok((ChainStart::full(), None)),
+        ReceiveMode::Incremental { from_guid, .. } => Ok((after(*from_guid)?, None)),
+        ReceiveMode::Resume { token } => {
+            let t = qzb_protocol::token::decode_resume_token(token)
+                .map_err(|e| format!("its resume token cannot be read: {e}"))?;
+            let start = match t.fromguid {
+                None => ChainStart::full(),
+                Some(parent) => after(parent)?,
+            };
+            if !spool.body_path(t.toguid).is_file() {
+                return Err("the interrupted send's partial manifest is not in dom0's spool (it was interrupted before authenticated backups, or without a key)".to_owned());
+            }
+            Ok((
+                start,
+                Some(ResumeAt {
+                    guid: t.toguid,
+                    object: t.object,
+                    offset: t.offset,
+                }),
+            ))
+        }
     }
 }

@@ -1,38 +1,76 @@
-//! `verify`: every sent target's guid, on both sides.
+//! `verify`: that the medium holds what dom0 sent.
+//!
+//! First the quick check (`--quick` stops there): every done target's snapshot is on the
+//! receiver with the source's guid. Then, for every done zvol target, the read-back: the agent
+//! reads its own received snapshot and streams the non-zero blocks; dom0 fetches the volume's
+//! chain of manifests from the medium (every header MAC-checked, every body checked against
+//! its header), merges it into what the volume must hold, and checks every block's tag and that
+//! exactly the manifests' data blocks came. Nothing is written anywhere but dom0's scratch
+//! directory for the manifest bodies. A receiver that drained a stream and reported the right
+//! guid fails here.
 
 use crate::error::{Error, Result};
+use crate::output::{human_bytes, outside};
 use crate::state::{BackupState, SendState};
+use crate::stream::client::Client;
+use crate::stream::medium::{fetch_chain, NoChain};
+use crate::stream::progress::{Mode, Run};
 use crate::stream::qrexec::Connect;
 use crate::stream::receiver::{inventory, on_receiver};
+use crate::system::inventory::DatasetKind;
+use qzb_protocol::manifest::{BlockCheck, ChainMerge, Expected};
+use serde_json::json;
+use std::fs::File;
+use std::io::BufReader;
+use std::path::Path;
 
-/// `verify`: every done target's guid on both sides.
-pub fn verify(connector: &dyn Connect, state: &BackupState) -> Result<()> {
+/// Options of a verify run.
+pub struct VerifyOptions {
+    /// Only the guid check.
+    pub quick: bool,
+    pub progress: Mode,
+}
+
+/// `verify`. `manifest_key` is `None` when dom0 has no key (then only `--quick` can run).
+pub fn verify(
+    connector: &dyn Connect,
+    state: &BackupState,
+    metadata_dir: &Path,
+    manifest_key: Option<&[u8; 32]>,
+    opts: &VerifyOptions,
+) -> Result<()> {
     let config = state.config()?;
-    if !state
+    let done: Vec<_> = state
         .targets
         .iter()
-        .any(|t| t.send_state == SendState::Done)
-    {
+        .filter(|t| t.send_state == SendState::Done)
+        .collect();
+    if done.is_empty() {
         return Err(Error::NothingDone(format!(
             "no target of {} has been sent yet, so there is nothing to verify; run `send {}` first",
             state.name, state.name
         )));
     }
+    let key = match (opts.quick, manifest_key) {
+        (true, _) => None,
+        (false, Some(k)) => Some(k),
+        (false, None) => {
+            return Err(Error::Key(
+                "dom0 has no key, and reading the backup back needs it to check the manifests: run `key init` once (then the next full send of each zvol makes it verifiable), or `verify --quick` for the guid check alone".into(),
+            ))
+        }
+    };
     let root = &config.receiver_dataset;
-    let mut session = connector.connect(config.receiver_qube.as_str())?;
+    let qube = config.receiver_qube.as_str();
+    let mut session = connector.connect(qube)?;
     let rx = inventory(&mut session, root)?;
-    let _ = session.close();
+
+    // The quick check: every done target's snapshot, by guid.
     let mut bad = 0;
-    let mut checked = 0;
-    for t in state
-        .targets
-        .iter()
-        .filter(|t| t.send_state == SendState::Done)
-    {
-        checked += 1;
+    for t in &done {
         let dest = on_receiver(root, &t.target.snapshot)?;
         match (rx.snapshot_guid(&dest), t.target.guid) {
-            (Some(r), Some(s)) if r == s => crate::outln!("ok        {dest}"),
+            (Some(r), Some(s)) if r == s => crate::outln!("ok        {dest} (guid)"),
             (Some(r), s) => {
                 bad += 1;
                 crate::outln!(
@@ -46,14 +84,145 @@ pub fn verify(connector: &dyn Connect, state: &BackupState) -> Result<()> {
             }
         }
     }
-    let pending = state.targets.len() - checked;
+    let pending = state.targets.len() - done.len();
+    let Some(key) = key else {
+        let _ = session.close();
+        crate::outln!(
+            "{} done target(s) checked by guid, {bad} problem(s); {pending} target(s) not sent yet",
+            done.len()
+        );
+        return verdict(bad, 0, &state.name);
+    };
+
+    // The read-back of every done zvol target.
+    let volumes: Vec<_> = done
+        .iter()
+        .filter(|t| t.target.kind == DatasetKind::Volume)
+        .collect();
+    let mut run = Run::new(opts.progress, volumes.len(), None);
+    let scratch = metadata_dir.join("verify-scratch");
+    let mut unverifiable = Vec::new();
+    let mut verified = 0;
+    let mut session = Some(session);
+    for t in volumes {
+        let dest = on_receiver(root, &t.target.snapshot)?;
+        let dataset = t.target.snapshot.dataset().as_str().to_owned();
+        let Some(guid) = t.target.guid else { continue };
+        let s = match session.as_mut() {
+            Some(s) => s,
+            None => session.insert(connector.connect(qube)?),
+        };
+        match read_back_one(s, root, &dataset, &dest, guid, key, &scratch, &mut run) {
+            Ok(Some(summary)) => {
+                verified += 1;
+                run.say(
+                    format_args!(
+                        "verified  {dest}: {} data blocks ({}) match their manifests",
+                        summary.data_blocks,
+                        human_bytes(summary.bytes)
+                    ),
+                    json!({"event": "verified", "snapshot": dest.to_string(), "data_blocks": summary.data_blocks, "bytes": summary.bytes}),
+                );
+            }
+            Ok(None) => {
+                unverifiable.push(dest.to_string());
+                run.say(
+                    format_args!(
+                        "UNVERIFIABLE {dest}: the medium holds no manifest of it (it was sent before authenticated backups, or without a key); the next full send of {dataset} makes it verifiable"
+                    ),
+                    json!({"event": "unverifiable", "snapshot": dest.to_string()}),
+                );
+            }
+            Err(e) => {
+                bad += 1;
+                run.say(
+                    format_args!("FAILED    {dest}: {}", outside(&e.to_string())),
+                    json!({"event": "failed", "snapshot": dest.to_string(), "error": e.to_string()}),
+                );
+                // The session may be out of step after a refused read-back: start afresh.
+                if let Some(s) = session.take() {
+                    let _ = s.close();
+                }
+            }
+        }
+    }
+    if let Some(s) = session.take() {
+        let _ = s.close();
+    }
     crate::outln!(
-        "{checked} done target(s) checked, {bad} problem(s); {pending} target(s) not sent yet"
+        "{} done target(s) checked by guid, {verified} zvol(s) read back and verified, {} without a manifest, {bad} problem(s); {pending} target(s) not sent yet",
+        done.len(),
+        unverifiable.len()
     );
+    verdict(bad, unverifiable.len(), &state.name)
+}
+
+fn verdict(bad: usize, unverifiable: usize, name: &str) -> Result<()> {
     if bad > 0 {
         return Err(Error::Send(format!(
-            "verify found {bad} problem(s) on the receiver"
+            "verify found {bad} problem(s): the medium does not hold what dom0 sent (listed above)"
+        )));
+    }
+    if unverifiable > 0 {
+        return Err(Error::Partial(format!(
+            "{unverifiable} zvol snapshot(s) have no manifest and could only be checked by guid; make them verifiable with a full send (a new backup of them, or `send {name}` after `import --replace` with full sends)"
         )));
     }
     Ok(())
+}
+
+/// Reads one zvol snapshot back and checks it against its chain. `Ok(None)`: no manifest.
+#[allow(clippy::too_many_arguments)]
+fn read_back_one(
+    session: &mut Client,
+    root: &qzb_protocol::DatasetName,
+    dataset: &str,
+    dest: &qzb_protocol::SnapshotName,
+    guid: u64,
+    key: &[u8; 32],
+    scratch: &Path,
+    run: &mut Run,
+) -> Result<Option<qzb_protocol::manifest::BlockCheckSummary>> {
+    let chain = match fetch_chain(session, root, dataset, guid, key, scratch)? {
+        Ok(chain) => chain,
+        Err(NoChain::NoManifest) => return Ok(None),
+    };
+    let open =
+        |chain: &crate::stream::medium::FetchedChain| -> Result<ChainMerge<BufReader<File>>> {
+            let mut parts = Vec::new();
+            for (h, p) in chain.headers.iter().zip(&chain.bodies) {
+                let f = File::open(p)
+                    .map_err(|e| Error::State(format!("cannot open {}: {e}", p.display())))?;
+                parts.push((h.clone(), BufReader::new(f)));
+            }
+            ChainMerge::new(parts)
+                .map_err(|e| Error::Security(format!("{}: {e}", outside(dataset))))
+        };
+    // A first pass over the merged manifests counts the data to expect, for progress.
+    let mut merge = open(&chain)?;
+    let (volsize, volblocksize) = (merge.volsize(), merge.volblocksize());
+    let mut expected = 0u64;
+    while let Some(region) = merge
+        .next_region()
+        .map_err(|e| Error::Security(format!("{}: {e}", outside(dataset))))?
+    {
+        if let Expected::Data { .. } = region {
+            expected += volblocksize;
+        }
+    }
+    let mut check = BlockCheck::new(open(&chain)?, *key);
+    let mut progress = run.target(dest.to_string(), Some(expected));
+    let mut seen = 0u64;
+    session.read_back(root, dest, volblocksize, volsize, &mut |offset, block| {
+        seen += block.len() as u64;
+        progress.update(seen, false);
+        check
+            .block(offset, block)
+            .map_err(|e| Error::Security(e.to_string()))
+    })?;
+    progress.update(seen, true);
+    check
+        .finish()
+        .map(Some)
+        .map_err(|e| Error::Security(e.to_string()))
 }

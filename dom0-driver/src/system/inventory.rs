@@ -534,3 +534,76 @@ mainpool/qubes/fedora-41/root@qubes-clean-aaaa\tsnapshot\t-\t50\t902\n";
         assert_eq!(v[1], ("work".into(), "AppVM".into(), "Halted".into()));
     }
 }
+
+/// A zvol's block size and the volume size of the volume and each of its snapshots, by full
+/// name: what the manifests of its snapshots record.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VolumeGeometry {
+    pub volblocksize: u64,
+    pub volsizes: BTreeMap<String, u64>,
+}
+
+/// Parses `zfs list -Hp -o name,volsize,volblocksize -t volume,snapshot -r <zvol>`.
+pub fn parse_volume_geometry(text: &str, dataset: &str) -> Result<VolumeGeometry, String> {
+    let mut geometry = VolumeGeometry::default();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        let fields: Vec<&str> = line.split('\t').collect();
+        let [name, volsize, volblocksize] = fields[..] else {
+            return Err(format!("expected 3 tab-separated fields: {line:?}"));
+        };
+        let number = |what: &str, v: &str| {
+            v.parse::<u64>()
+                .map_err(|_| format!("{what} of {name} is not a number: {v:?}"))
+        };
+        let volsize = number("volsize", volsize)?;
+        let volblocksize = number("volblocksize", volblocksize)?;
+        if name == dataset {
+            geometry.volblocksize = volblocksize;
+        } else if !name.starts_with(&format!("{dataset}@")) {
+            continue;
+        }
+        geometry.volsizes.insert(name.to_owned(), volsize);
+    }
+    if geometry.volblocksize == 0 {
+        return Err(format!("{dataset} is not listed as a volume"));
+    }
+    Ok(geometry)
+}
+
+/// The geometry of the zvol `dataset` (one `zfs list`).
+pub fn volume_geometry(runner: &dyn Runner, dataset: &str) -> Result<VolumeGeometry, ToolError> {
+    let args = [
+        "list",
+        "-H",
+        "-p",
+        "-o",
+        "name,volsize,volblocksize",
+        "-t",
+        "volume,snapshot",
+        "-r",
+        dataset,
+    ];
+    let raw = runner.run("zfs", &args)?;
+    parse_volume_geometry(&String::from_utf8_lossy(&raw), dataset).map_err(|p| {
+        bad_output(
+            &command_line("zfs", &args),
+            format!("printed output we cannot read: {p}"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod geometry_tests {
+    use super::*;
+
+    #[test]
+    fn geometry_lists_the_volume_and_its_snapshots_volsizes() {
+        let text = "pool/v\t2097152\t16384\npool/v@a\t1048576\t16384\npool/v@b\t2097152\t16384\n";
+        let g = parse_volume_geometry(text, "pool/v").unwrap();
+        assert_eq!(g.volblocksize, 16384);
+        assert_eq!(g.volsizes["pool/v@a"], 1 << 20);
+        assert_eq!(g.volsizes.len(), 3);
+        assert!(parse_volume_geometry("pool/v\t-\t16384\n", "pool/v").is_err());
+        assert!(parse_volume_geometry("pool/w@a\t1\t512\n", "pool/v").is_err());
+    }
+}

@@ -92,7 +92,55 @@ impl FakeSystem {
             "QUBES_ZFS_BACKUP_RECEIVE_LOCK",
             sys.receive_lock().display().to_string(),
         );
+        // Where the agent mounts its blob storage (the fake zfs "mounts" by making the dir).
+        sys.set_fake_env(
+            "QUBES_ZFS_BACKUP_META_BASE",
+            sys.meta_base().display().to_string(),
+        );
         sys
+    }
+
+    /// The agent's blob storage base on this system's backup qube.
+    pub fn meta_base(&self) -> PathBuf {
+        self.dir.join("agent-meta")
+    }
+
+    /// The passphrase [`FakeSystem::init_key`] sets.
+    pub const PASSPHRASE: &'static str = "correct horse battery staple";
+
+    /// Runs the driver with `input` on its stdin (a passphrase for `--passphrase-fd 0`).
+    pub fn driver_with_input(&self, args: &[&str], input: &str) -> Run {
+        let mut child = self
+            .driver_command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the driver");
+        let mut stdin = child.stdin.take().expect("stdin");
+        // The driver may refuse before reading; a closed pipe then is fine.
+        let _ = std::io::Write::write_all(&mut stdin, input.as_bytes());
+        drop(stdin);
+        Run::from(child.wait_with_output().expect("driver output"))
+    }
+
+    /// `key init` with [`FakeSystem::PASSPHRASE`] and the cheapest Argon2 parameters the
+    /// binary accepts: from now on sends are authenticated and `verify` reads back.
+    pub fn init_key(&self) {
+        self.driver_with_input(
+            &[
+                "key",
+                "init",
+                "--passphrase-fd",
+                "0",
+                "--kdf-memory-mib",
+                "8",
+                "--kdf-passes",
+                "1",
+            ],
+            &format!("{}\n", Self::PASSPHRASE),
+        )
+        .expect(0);
     }
 
     /// Where this system's receiver agent keeps its receive lock.
@@ -111,7 +159,12 @@ impl FakeSystem {
     /// Back to the fakes' plain settings: no faults, the real receiver agent.
     pub fn reset_fake_env(&self) {
         let mut env = self.fake_env.lock().expect("fake env");
-        env.retain(|k, _| k == "QZB_FAKE_ROOT" || k == "QUBES_ZFS_BACKUP_RECEIVE_LOCK");
+        env.retain(|k, _| {
+            matches!(
+                k.as_str(),
+                "QZB_FAKE_ROOT" | "QUBES_ZFS_BACKUP_RECEIVE_LOCK" | "QUBES_ZFS_BACKUP_META_BASE"
+            )
+        });
         env.insert(
             "QZB_FAKE_AGENT".into(),
             bin("qubes-zfs-backup-receiver").display().to_string(),

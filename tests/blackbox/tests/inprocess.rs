@@ -328,7 +328,8 @@ fn a_backup_runs_in_process_and_verifies() {
     world.send(&agent).unwrap();
     assert_eq!(world.states(), [SendState::Done; 3]);
     assert!(world.receiver()["zfs"]["datasets"][DEST]["snapshots"][0]["name"] == "b1");
-    dom0_driver::commands::receiver::verify(&world.store(), &agent, "shared").unwrap();
+    dom0_driver::commands::receiver::verify(&world.store(), &agent, "shared", true, Mode::Lines)
+        .unwrap();
 }
 
 #[test]

@@ -2,26 +2,13 @@
 //! on stdin), with the cheapest Argon2 parameters the binary accepts.
 
 use qzb_blackbox_tests::{FakeSystem, Run};
-use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::process::Stdio;
 
 const FAST: [&str; 4] = ["--kdf-memory-mib", "8", "--kdf-passes", "1"];
 
 /// Runs the driver with `input` on stdin (the passphrase descriptor 0).
 fn with_input(sys: &FakeSystem, args: &[&str], input: &str) -> Run {
-    let mut child = sys
-        .driver_command(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the driver");
-    let mut stdin = child.stdin.take().expect("stdin");
-    // The driver may refuse before reading; a closed pipe then is fine.
-    let _ = stdin.write_all(input.as_bytes());
-    drop(stdin);
-    Run::from(child.wait_with_output().expect("driver output"))
+    sys.driver_with_input(args, input)
 }
 
 fn init(sys: &FakeSystem, passphrase: &str) -> Run {

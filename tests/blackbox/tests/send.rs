@@ -17,9 +17,12 @@ fn write_json(path: &std::path::Path, v: &Value) {
     std::fs::write(path, serde_json::to_string_pretty(v).unwrap()).unwrap();
 }
 
-/// The reference system with `shared` imported (snapshots of SIZE bytes).
+/// The reference system with `shared` imported (snapshots of SIZE bytes) and a key: sends are
+/// authenticated, `verify` reads back.
 fn setup(patching: bool) -> FakeSystem {
-    FakeSystem::with_shared_backup(SIZE, patching)
+    let sys = FakeSystem::with_shared_backup(SIZE, patching);
+    sys.init_key();
+    sys
 }
 
 fn receiver_state(sys: &FakeSystem) -> Value {

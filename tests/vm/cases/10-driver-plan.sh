@@ -10,7 +10,8 @@
 #  - since = an existing snapshot (@qubes:before-start:<t>): incremental exactly where it exists;
 #  - snapshot: one createtxg per qube (atomic per qube and pool); a running qube whose volumes are
 #    attached in xl is deferred, and snapshotted once halted;
-#  - calc --json: every size estimate equals real `zfs send -n -v -P -L -e -c -p [-i|-I src]`.
+#  - calc --json: every size estimate equals real `zfs send -n -v -P -L [-e -c] -p [-i|-I src]`
+#    (-e -c for filesystems only).
 set -euo pipefail
 . "$(dirname "$0")/../guest/lib.sh"
 . "$(dirname "$0")/../guest/driver.sh"
@@ -233,12 +234,13 @@ qzb_drv_json "$W/check-a2.json" check --json "$W/a.yaml"
 /usr/bin/python3 -c "import json,sys; d=json.load(open(sys.argv[1])); sys.exit(0 if all(t['exists'] for t in d['targets']) else 1)" "$W/check-a2.json" \
   || qzb_fail "targets still missing after snapshot"
 
-qzb_log "calc --json: estimates equal real zfs send -n -v -P -L -e -c -p"
+qzb_log "calc --json: estimates equal real zfs send -n -v -P -L [-e -c] -p (-e -c for filesystems only)"
 for b in plan-a plan-b; do
   qzb_drv_json "$W/calc-$b.json" calc --json "$b"
   n=0
-  while IFS=$'\t' read -r snap src prog est; do
-    args=(-L -e -c -p)
+  while IFS=$'\t' read -r snap src prog est kind; do
+    # the driver's send_args_from: zvols go without -e -c (plain blocks for the manifest tap)
+    if [ "$kind" = volume ]; then args=(-L -p); else args=(-L -e -c -p); fi
     if [ "$src" != "-" ]; then
       # the driver's send_args_from: -I when progressive (also from a clone origin), else -i
       if [ "$prog" = True ]; then args+=(-I "$src"); else args+=(-i "$src"); fi
@@ -252,7 +254,7 @@ import json, sys
 d = json.load(open(sys.argv[1]))
 assert d['receiver_available'] is not None, 'calc: no receiver free space'
 for t in d['targets']:
-    print(t['snapshot'], t['incremental_source'] or '-', t['progressive'], t['size_estimate'], sep='\t')
+    print(t['snapshot'], t['incremental_source'] or '-', t['progressive'], t['size_estimate'], t['kind'], sep='\t')
 " "$W/calc-$b.json")
   total=$(/usr/bin/python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(d['total_size_estimate'], d['receiver_available'])" "$W/calc-$b.json")
   echo "  $b: $n estimates equal real zfs send -nvP sizes (total, receiver available: $total)"

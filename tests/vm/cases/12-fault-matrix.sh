@@ -180,7 +180,12 @@ stream_size() {
     *-clone) src=$(qzb_prop origin "${snap%@*}") ;;
     *) src="" ;;
   esac
-  zfs send -L -e -c -p ${src:+-i "$src"} "$snap" | wc -c
+  # the driver's flags: zvols without -e -c
+  if [ "$(zfs get -H -o value type "${snap%@*}")" = volume ]; then
+    zfs send -L -p ${src:+-i "$src"} "$snap" | wc -c
+  else
+    zfs send -L -e -c -p ${src:+-i "$src"} "$snap" | wc -c
+  fi
 }
 
 now() { date +%s.%N; }
