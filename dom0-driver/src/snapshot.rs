@@ -227,6 +227,7 @@ mod tests {
             received_guid: None,
             last_error: None,
             sent_stream: None,
+            manifest: None,
         }
     }
 

@@ -2,7 +2,8 @@
 
 use crate::error::Result;
 use crate::output::{human_bytes, sanitize, Style};
-use crate::state::{SendState, SnapshotState, Store};
+use crate::state::{ManifestState, SendState, SnapshotState, Store};
+use crate::system::inventory::DatasetKind;
 
 /// Every imported backup, one line (or JSON object) each. A state file that cannot be read
 /// (corrupt, from a newer version, unreadable) is listed with its error instead of hiding the
@@ -107,6 +108,18 @@ pub fn status(store: &Store, name: &str, json: bool) -> Result<()> {
             t.target.snapshot,
             t.target.describe()
         );
+        if t.send_state == SendState::Done && t.target.kind == DatasetKind::Volume {
+            crate::outln!(
+                "           manifest: {}",
+                match t.manifest {
+                    Some(ManifestState::Stored) => "on the medium (`verify` reads it back)",
+                    Some(ManifestState::Pending) =>
+                        "made, still in dom0's spool: the next send stores it on the medium",
+                    Some(ManifestState::Missing) | None =>
+                        "none: sent without a key or before authenticated backups, so only its guid can be checked; the next full send of it makes it verifiable",
+                }
+            );
+        }
         if let Some(e) = &t.last_error {
             crate::outln!("           last error: {}", sanitize(e));
         }

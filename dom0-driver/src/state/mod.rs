@@ -56,6 +56,21 @@ pub struct TargetState {
     /// The last stream sent for this target (what a set index records for a filesystem).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sent_stream: Option<SentStream>,
+    /// For a zvol sent by this version: whether its manifest is on the medium.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<ManifestState>,
+}
+
+/// Where a sent zvol snapshot's manifest is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ManifestState {
+    /// On the medium: `verify` can read the snapshot back and check it.
+    Stored,
+    /// Made, but still in dom0's spool (storing it failed): the next send stores it.
+    Pending,
+    /// None: sent without a key, or as an incremental whose base has no manifest.
+    Missing,
 }
 
 /// What one successful stream carried: its length and the end frame's stream hash (hex).
@@ -99,6 +114,7 @@ impl BackupState {
                     received_guid: None,
                     last_error: None,
                     sent_stream: None,
+                    manifest: None,
                 })
                 .collect(),
         }
@@ -123,6 +139,7 @@ impl BackupState {
                     t.send_state = SendState::Done;
                     t.received_guid = before.received_guid;
                     t.sent_stream = before.sent_stream.clone();
+                    t.manifest = before.manifest;
                     done += 1;
                 }
                 SendState::Partial

@@ -48,6 +48,7 @@ fn target(snap: &str, from: Option<&str>, state: SendState) -> TargetState {
         received_guid: None,
         last_error: None,
         sent_stream: None,
+        manifest: None,
     }
 }
 

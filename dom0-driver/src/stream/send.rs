@@ -10,7 +10,7 @@ use crate::key::Keys;
 use crate::output::{human_bytes, outside, sanitize, zfs_said, Style};
 use crate::plan::send_args::send_args;
 use crate::state::chains::{medium_id, Chains};
-use crate::state::{BackupState, SendState, SentStream, Store};
+use crate::state::{BackupState, ManifestState, SendState, SentStream, Store};
 use crate::stream::client::Client;
 use crate::stream::estimate::stream_size;
 use crate::stream::medium::store_spooled;
@@ -415,7 +415,7 @@ pub fn send(
             Step::AlreadyThere => {
                 if let (Some(a), DatasetKind::Volume) = (&auth, state.targets[i].target.kind) {
                     let s = session.as_mut().expect("open session");
-                    a.store_pending(s, &root, snapshot.dataset().as_str(), &run);
+                    let _ = a.store_pending(s, &root, snapshot.dataset().as_str(), &run);
                 }
                 run.say(
                     format_args!(
@@ -487,10 +487,14 @@ pub fn send(
                 match stream_target(runner, s, transfer, progress) {
                     Outcome::Done { bytes, stream_hash } => {
                         sent_bytes += bytes;
-                        if let (Some(a), Some(tap)) = (&auth, tap) {
-                            let s = session.as_mut().expect("open session");
-                            a.finish(tap, s, &root, snapshot.dataset().as_str(), &run);
-                        }
+                        let manifest = match (&auth, tap) {
+                            (Some(a), Some(tap)) => {
+                                let s = session.as_mut().expect("open session");
+                                Some(a.finish(tap, s, &root, snapshot.dataset().as_str(), &run))
+                            }
+                            _ => (kind == proto::DatasetKind::Volume)
+                                .then_some(ManifestState::Missing),
+                        };
                         if let Some(view) = rx.as_mut() {
                             view.record(&dest, guid, kind)?;
                         }
@@ -502,6 +506,7 @@ pub fn send(
                             bytes,
                             blake3: blake3::Hash::from_bytes(stream_hash).to_hex().to_string(),
                         });
+                        t.manifest = manifest;
                         store.save(state)?;
                         run.say(
                             format_args!(
@@ -615,9 +620,15 @@ impl Auth<'_> {
     /// Stores manifests of `dataset` left in the spool by an earlier run (whose upload failed
     /// or was interrupted). A failure is a warning: the data is on the medium, the manifest
     /// waits for the next run.
-    fn store_pending(&self, s: &mut Client, root: &proto::DatasetName, dataset: &str, run: &Run) {
+    fn store_pending(
+        &self,
+        s: &mut Client,
+        root: &proto::DatasetName,
+        dataset: &str,
+        run: &Run,
+    ) -> bool {
         let spool = Spool::new(&self.spool_root, dataset);
-        if let Err(e) = store_spooled(
+        let stored = store_spooled(
             s,
             root,
             &self.medium,
@@ -625,12 +636,14 @@ impl Auth<'_> {
             &spool,
             dataset,
             &self.keys.manifest,
-        ) {
+        );
+        if let Err(e) = &stored {
             run.say(
                 format_args!("warning: the manifests of {dataset} stay in dom0's spool, not yet on the medium ({e}); the next send stores them"),
                 json!({"event": "warning", "dataset": dataset, "manifest_pending": true, "error": e.to_string()}),
             );
         }
+        stored.is_ok()
     }
 
     /// The tap of a zvol target's stream, or `None` (said why) when this stream cannot have
@@ -647,7 +660,7 @@ impl Auth<'_> {
         run: &Run,
     ) -> Option<VolumeTap> {
         let dataset = snapshot.dataset().as_str();
-        self.store_pending(s, root, dataset, run);
+        let _ = self.store_pending(s, root, dataset, run);
         let spool = Spool::new(&self.spool_root, dataset);
         let untapped = |why: String| {
             run.say(
@@ -696,14 +709,16 @@ impl Auth<'_> {
         root: &proto::DatasetName,
         dataset: &str,
         run: &Run,
-    ) {
+    ) -> ManifestState {
         match tap.finish() {
-            Ok(_) => self.store_pending(s, root, dataset, run),
+            Ok(_) if self.store_pending(s, root, dataset, run) => ManifestState::Stored,
+            Ok(_) => ManifestState::Pending,
             Err(e) => {
                 run.say(
                     format_args!("warning: no manifest for the snapshot of {dataset} just sent ({e}); `verify` will report it unverifiable until the next full send"),
                     json!({"event": "warning", "dataset": dataset, "error": e.to_string()}),
                 );
+                ManifestState::Missing
             }
         }
     }

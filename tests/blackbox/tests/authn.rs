@@ -98,6 +98,12 @@ fn a_zvol_sent_with_a_key_is_read_back_and_verified_block_by_block() {
     assert_eq!(blobs(&sys, ".head").len(), 1, "one manifest header");
     assert_eq!(blobs(&sys, ".body").len(), 1, "one manifest body");
     assert_eq!(blobs(&sys, "key/wrapped").len(), 1, "the wrapped key");
+    let status = sys.driver(&["status", "vols"]);
+    assert!(
+        status.stdout.contains("manifest: on the medium"),
+        "{}",
+        status.stdout
+    );
     let run = verify(&sys, "vols");
     run.expect(0);
     assert!(
@@ -162,6 +168,12 @@ fn a_backup_sent_without_a_key_is_reported_unverifiable_not_verified() {
     let run = sys.driver(&["send", "vols"]);
     run.expect(0);
     assert!(run.stdout.contains("not authenticated"), "{}", run.stdout);
+    let status = sys.driver(&["status", "vols"]);
+    assert!(
+        status.stdout.contains("manifest: none") && status.stdout.contains("next full send"),
+        "{}",
+        status.stdout
+    );
     let run = verify(&sys, "vols");
     run.expect(12);
     assert!(run.stderr.contains("`key init`"), "{}", run.stderr);
