@@ -29,6 +29,7 @@ FM=$P/fm
 W=$QZB_WORK/case12
 rm -rf "$W"; mkdir -p "$W/cfg" "$W/runs"
 qzb_drv_setup fm minimal
+qzb_drv_key_init   # authenticated sends: every resumed zvol stream continues its manifest
 MIB=1048576
 BKR=$QZB_BK_POOL/t/fm
 XPOOL=qzbfmx                 # a small second receiver pool for the export rows

@@ -57,6 +57,17 @@ qzb_drv_env() {
   echo "QZB_FAKE_ROOT=$QZB_DRV_DIR/state"
   echo "QZB_FAKE_AGENT=$QZB_AGENT_BIN"
   echo "QUBES_ZFS_BACKUP_RECEIVE_LOCK=$QZB_DRV_DIR/receive.lock"
+  # Where the agent mounts its blob dataset (<root>/.qzb-meta): inside this case's work dir.
+  echo "QUBES_ZFS_BACKUP_META_BASE=$QZB_DRV_DIR/agent-meta"
+}
+
+# qzb_drv_key_init: `key init` with a fixed passphrase and the cheapest Argon2 parameters, so
+# every send of this environment is authenticated and `verify` reads back.
+QZB_DRV_PASSPHRASE="correct horse battery staple"
+qzb_drv_key_init() {
+  printf '%s\n' "$QZB_DRV_PASSPHRASE" \
+    | qzb_drv key init --passphrase-fd 0 --kdf-memory-mib 8 --kdf-passes 1 \
+    || qzb_fail "key init failed"
 }
 
 # qzb_drv <args...>: runs the real driver (with --metadata-dir); output to stdout, its status is
