@@ -397,6 +397,11 @@ fn check_one(
         .get(&chain.expect)
         .ok_or_else(|| format!("no snapshot line for {}", chain.expect))?;
     let bs = expect.volblocksize;
+    if !bs.is_power_of_two() || bs < 512 {
+        return Err(format!(
+            "volblocksize {bs} is not a power of two of at least 512"
+        ));
+    }
     let mut files = Vec::new();
     for name in &chain.streams {
         files.push(read(name).map_err(|e| format!("{name}: {e}"))?);
@@ -414,7 +419,7 @@ fn check_one(
 
     // (a) the records against the real volume.
     let mut image = Vec::new();
-    let last = files.len() - 1;
+    let last = files.len().checked_sub(1).ok_or("no stream")?;
     for (i, stream) in files.iter().enumerate() {
         let mut passes = vec![(stream, true)];
         if let (Some((prefix, _)), true) = (&resume, i == last) {
