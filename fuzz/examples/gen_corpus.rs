@@ -411,6 +411,13 @@ fn main() {
         qzb_fuzz::zstream::run_tap(&input);
         write("zstream", name, &input);
     }
+    // Real OpenZFS streams (protocol/tests/golden/zfs-<version>/, recorded in the test VM):
+    // checksums verified, 256-byte chunks.
+    for (name, stream) in golden_streams() {
+        let input = [&[0x10, 0x2a][..], &stream].concat();
+        qzb_fuzz::zstream::run_tap(&input);
+        write("zstream", &name, &input);
+    }
     for (name, input) in qzb_fuzz::manifest::seeds() {
         qzb_fuzz::manifest::run_header(&input);
         write("manifest_header", name, &input);
@@ -420,4 +427,33 @@ fn main() {
         write("key_file", name, &input);
     }
     println!("corpus written under fuzz/corpus/");
+}
+
+/// `(golden-<zfs version>-<stream name>, stream)` for every `*.zstream` under
+/// `protocol/tests/golden/`, sorted.
+fn golden_streams() -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let root = PathBuf::from("protocol/tests/golden");
+    for dir in fs::read_dir(&root).expect("protocol/tests/golden") {
+        let dir = dir.expect("dir entry").path();
+        let Some(version) = dir.file_name().and_then(|n| n.to_str()).map(String::from) else {
+            continue;
+        };
+        if !dir.is_dir() {
+            continue;
+        }
+        for file in fs::read_dir(&dir).expect("golden dir") {
+            let path = file.expect("dir entry").path();
+            let (Some(stem), Some("zstream")) = (
+                path.file_stem().and_then(|n| n.to_str()),
+                path.extension().and_then(|n| n.to_str()),
+            ) else {
+                continue;
+            };
+            let name = format!("golden-{version}-{stem}");
+            out.push((name, fs::read(&path).expect("read golden stream")));
+        }
+    }
+    out.sort();
+    out
 }

@@ -21,6 +21,11 @@ mod header;
 mod merge;
 mod stream;
 
+/// Checks of real OpenZFS streams (the golden fixtures), shared by `protocol/tests/golden.rs`
+/// and `cargo xtask golden-check`. Not an API.
+#[doc(hidden)]
+pub mod golden;
+
 #[cfg(test)]
 mod merge_tests;
 #[cfg(test)]
