@@ -8,6 +8,8 @@
 //! mountpoint is (`none` and `legacy` included). A blob `a/b/c` is the file `a/b/c` below that
 //! mountpoint. Before each use the agent checks that the filesystem is mounted exactly there
 //! (and mounts it if it is not), so it never writes into the backup qube's own root instead.
+//! A pool imported with an altroot mounts (and reports) it under that altroot; that is where
+//! the blobs then are.
 //!
 //! Writes are atomic: a temporary file (`.tmp-...`, a name no blob can have) in the blob's
 //! directory, fsync, rename over the blob, fsync of the directory. Symlinks are never
@@ -114,13 +116,13 @@ fn blob_dir(
     let Some(mut state) = state else {
         return Err(internal(format!("{meta} does not exist after zfs create")));
     };
-    if state.mountpoint != expected_text {
+    let Some(dir) = mount_location(&state.mountpoint, &expected_text).map(PathBuf::from) else {
         return Err(internal(format!(
             "{meta} has mountpoint {}, not {expected_text}; the agent keeps blobs only at its \
              own mountpoint (zfs set mountpoint={expected_text} {meta})",
             qzb_protocol::text::quoted(&state.mountpoint)
         )));
-    }
+    };
     if !state.mounted {
         zfs.mount(&meta).map_err(zfs_err)?;
         state = zfs.mount_state(&meta).map_err(zfs_err)?.unwrap_or(state);
@@ -128,10 +130,49 @@ fn blob_dir(
             return Err(internal(format!("{meta} is not mounted after zfs mount")));
         }
     }
-    match fs::symlink_metadata(&expected) {
-        Ok(m) if m.is_dir() => Ok(Some(expected)),
-        Ok(_) => Err(internal(format!("{expected_text} is not a directory"))),
-        Err(e) => Err(internal(format!("cannot use {expected_text}: {e}"))),
+    match fs::symlink_metadata(&dir) {
+        Ok(m) if m.is_dir() => Ok(Some(dir)),
+        Ok(_) => Err(internal(format!("{} is not a directory", dir.display()))),
+        Err(e) => Err(internal(format!("cannot use {}: {e}", dir.display()))),
+    }
+}
+
+/// Where the metadata filesystem really is, from its reported `mountpoint`: exactly the
+/// agent's path, or that path under the pool's altroot (`zpool import -R ALTROOT`: ZFS then
+/// mounts at, and reports, `ALTROOT` + the path set at create). Anything else (`none`,
+/// `legacy`, a changed property) is `None`: refused rather than written through.
+fn mount_location<'a>(reported: &'a str, expected: &str) -> Option<&'a str> {
+    let altroot = reported.strip_suffix(expected)?;
+    let is_altroot = altroot.len() > 1 && altroot.starts_with('/') && !altroot.ends_with('/');
+    (altroot.is_empty() || is_altroot).then_some(reported)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mount_location;
+
+    const EXPECTED: &str = "/run/qubes-zfs-backup/meta/bpool/r/.qzb-meta";
+
+    #[test]
+    fn the_metadata_filesystem_is_used_at_its_path_or_under_the_pool_altroot() {
+        assert_eq!(mount_location(EXPECTED, EXPECTED), Some(EXPECTED));
+        let under = format!("/mnt/backup{EXPECTED}");
+        assert_eq!(mount_location(&under, EXPECTED), Some(under.as_str()));
+    }
+
+    #[test]
+    fn any_other_mountpoint_of_the_metadata_filesystem_is_refused() {
+        for reported in [
+            "none",
+            "legacy",
+            "/etc",
+            "/run/qubes-zfs-backup/meta/bpool/r",
+            "relative/run/qubes-zfs-backup/meta/bpool/r/.qzb-meta",
+            "/mnt//run/qubes-zfs-backup/meta/bpool/r/.qzb-meta",
+            "/run/qubes-zfs-backup/meta/bpool/r/.qzb-meta/x",
+        ] {
+            assert_eq!(mount_location(reported, EXPECTED), None, "{reported}");
+        }
     }
 }
 

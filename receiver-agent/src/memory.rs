@@ -69,6 +69,9 @@ pub struct MemState {
     /// Filesystems made by `create_meta`: dataset → (mountpoint, mounted). Creating one makes
     /// its mountpoint directory, like a mount would (the only file I/O of `MemoryZfs`).
     pub mounts: BTreeMap<String, (String, bool)>,
+    /// The pool's altroot (`zpool import -R`): filesystems are mounted at, and report, this
+    /// prefix + their mountpoint property.
+    pub altroot: Option<String>,
     next_txg: u64,
 }
 
@@ -261,6 +264,8 @@ impl Zfs for MemoryZfs {
                 stderr: format!("cannot create '{dataset}': dataset already exists\n"),
             });
         }
+        let mountpoint = format!("{}{mountpoint}", st.altroot.as_deref().unwrap_or(""));
+        let mountpoint = mountpoint.as_str();
         std::fs::create_dir_all(mountpoint).map_err(|e| ZfsError {
             action: format!("zfs {action}"),
             detail: "exit status: 1".into(),

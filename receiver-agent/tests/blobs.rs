@@ -413,6 +413,32 @@ fn blobs_are_refused_when_the_metadata_filesystem_is_mounted_elsewhere() {
 }
 
 #[test]
+fn blobs_of_a_pool_imported_with_an_altroot_live_under_the_altroot() {
+    let env = Env::new("altroot");
+    let altroot = env.dir.join("altroot");
+    env.zfs.state().altroot = Some(altroot.to_str().unwrap().to_owned());
+    let mut wire = Vec::new();
+    request(&mut wire, put("sets/1", 3));
+    frames(&mut wire, b"abc", 3);
+    request(&mut wire, get("sets/1", 3));
+    let (said, result) = env.run(&wire);
+    result.unwrap();
+    assert_eq!(said[0], Said::Reply(Reply::BlobReady));
+    assert!(
+        matches!(&said[1], Said::Reply(Reply::BlobStored { len: 3, .. })),
+        "{said:?}"
+    );
+    assert_eq!(said[2], Said::Reply(Reply::Blob { len: 3 }));
+    assert_eq!(said[3], Said::Data(b"abc".to_vec()));
+    let under_altroot = PathBuf::from(format!("{}{}", altroot.display(), env.blob_dir().display()));
+    assert_eq!(std::fs::read(under_altroot.join("sets/1")).unwrap(), b"abc");
+    assert!(
+        !env.blob_dir().exists(),
+        "nothing written outside the altroot"
+    );
+}
+
+#[test]
 fn an_unmounted_metadata_filesystem_is_mounted_before_use() {
     let env = Env::new("unmounted");
     let mut wire = Vec::new();

@@ -1,5 +1,5 @@
-//! `cargo xtask demo`: the whole workflow of the seed README (check, import, snapshot, calc,
-//! send, verify) with the real binaries, against the bundled fake Qubes+ZFS system
+//! `cargo xtask demo`: the whole workflow of the seed README (key init, check, import, snapshot,
+//! calc, send, verify with read-back) with the real binaries, against the bundled fake Qubes+ZFS system
 //! (tests/fixtures/demo-system) where no Qubes or ZFS exists. The fake `zfs`, `qubesd-query`,
 //! `xl` and `qrexec-client` are first on PATH; the stand-in `qrexec-client` execs the real
 //! receiver agent, so every byte goes through the real protocol.
@@ -50,6 +50,20 @@ pub fn run() -> Result<(), String> {
     println!("A fake dom0 with ZFS-backed qubes is in {}.", dir.display());
     println!("The config is the seed README's example, unchanged: {config}\n");
 
+    demo.driver_with_input(
+        "0. key init: the backup key, wrapped by a passphrase (here from stdin, with the cheapest Argon2id parameters so the demo is quick)",
+        &[
+            "key",
+            "init",
+            "--passphrase-fd",
+            "0",
+            "--kdf-memory-mib",
+            "8",
+            "--kdf-passes",
+            "1",
+        ],
+        "correct horse battery staple\n",
+    )?;
     demo.driver(
         "1. check: what would be backed up, and what was left out",
         &["check", config],
@@ -102,10 +116,19 @@ pub fn run() -> Result<(), String> {
         0,
     )?;
     demo.driver(
-        "6. verify: every snapshot's guid on both sides",
+        "6. verify: every snapshot's guid, then every zvol read back from the medium and checked block by block against its manifest",
         &["verify", "mybackup1"],
         &[],
         0,
+    )?;
+    demo.driver(
+        "   a compromised backup qube alters one block of every volume it reads back: verify names each (exit 8)",
+        &["verify", "mybackup1"],
+        &[
+            ("QZB_FAKE_SEND_MATCH", "backuppool"),
+            ("QZB_FAKE_SEND_FLIP_BLOCK", "2"),
+        ],
+        8,
     )?;
     demo.driver("   status", &["status", "mybackup1"], &[], 0)?;
     println!(
@@ -153,6 +176,10 @@ impl Demo {
                 "QUBES_ZFS_BACKUP_RECEIVE_LOCK".to_owned(),
                 self.dir.join("receive.lock").display().to_string(),
             ),
+            (
+                "QUBES_ZFS_BACKUP_META_BASE".to_owned(),
+                self.dir.join("agent-meta").display().to_string(),
+            ),
         ];
         fake_env.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let text: String = fake_env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
@@ -173,6 +200,35 @@ impl Demo {
         if code != expect {
             return Err(format!(
                 "`qubes-zfs-backup {}` exited {code}, expected {expect}",
+                args.join(" ")
+            ));
+        }
+        Ok(())
+    }
+
+    /// Runs the driver with `input` on its stdin (a passphrase for `--passphrase-fd 0`).
+    fn driver_with_input(&self, title: &str, args: &[&str], input: &str) -> Result<(), String> {
+        step(title);
+        println!("$ qubes-zfs-backup {}", args.join(" "));
+        let mut child = Command::new(self.target.join("qubes-zfs-backup"))
+            .arg("--metadata-dir")
+            .arg(self.dir.join("metadata"))
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot run the driver: {e}"))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            std::io::Write::write_all(&mut stdin, input.as_bytes()).map_err(|e| e.to_string())?;
+        }
+        let code = child
+            .wait()
+            .map_err(|e| e.to_string())?
+            .code()
+            .unwrap_or(-1);
+        println!("[exit status {code}]");
+        if code != 0 {
+            return Err(format!(
+                "`qubes-zfs-backup {}` exited {code}",
                 args.join(" ")
             ));
         }
