@@ -15,6 +15,7 @@ pub mod keyfile;
 pub mod manifest;
 pub mod messages;
 pub mod names;
+pub mod sets;
 pub mod text;
 pub mod token;
 pub mod zstream;

@@ -51,13 +51,7 @@ pub fn verify(
         crate::key::load(store.dir())?
     };
     let opts = stream::verify::VerifyOptions { quick, progress };
-    stream::verify::verify(
-        connector,
-        &state,
-        store.dir(),
-        keys.as_ref().map(|k| &k.manifest),
-        &opts,
-    )
+    stream::verify::verify(connector, &state, store.dir(), keys.as_ref(), &opts)
 }
 
 /// `abort NAME [DATASET]`.

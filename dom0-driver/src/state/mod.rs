@@ -89,6 +89,21 @@ pub struct BackupState {
     pub config_path: String,
     pub raw_config: String,
     pub targets: Vec<TargetState>,
+    /// The set index the last authenticated `send` stored: `verify` requires the newest
+    /// index on the medium to be this one (a receiver cannot roll the set back unseen).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_set: Option<LastSet>,
+}
+
+/// A set index stored on the medium.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastSet {
+    /// The medium's id (receiver qube and root).
+    pub medium: String,
+    /// The index's `created` (seconds since the epoch; also in its blob name).
+    pub created: u64,
+    /// blake3 of the sealed index, hex.
+    pub blake3: String,
 }
 
 impl BackupState {
@@ -117,6 +132,7 @@ impl BackupState {
                     manifest: None,
                 })
                 .collect(),
+            last_set: None,
         }
     }
 
@@ -125,6 +141,8 @@ impl BackupState {
     /// was sending when interrupted resumes, if the stream is still the same (same incremental
     /// source and flavour). Everything else starts afresh. Returns (done, resuming) counts.
     pub fn carry_over(&mut self, old: &BackupState) -> (usize, usize) {
+        // The medium still holds the old import's newest index.
+        self.last_set = old.last_set.clone();
         let (mut done, mut resuming) = (0, 0);
         for t in &mut self.targets {
             let Some(before) = old.targets.iter().find(|o| {

@@ -13,5 +13,6 @@ pub mod pump;
 pub mod qrexec;
 pub mod receiver;
 pub mod send;
+pub mod sets;
 pub mod tap;
 pub mod verify;

@@ -17,9 +17,11 @@ use crate::stream::medium::store_spooled;
 use crate::stream::progress::{Mode, Run, Target as ProgressTarget};
 use crate::stream::qrexec::Connect;
 use crate::stream::receiver::{decide, inventory, on_receiver, reply_name, ReceiverView, Step};
+use crate::stream::sets;
 use crate::stream::tap::{chain_start, Spool, VolumeTap};
 use crate::system::inventory::{volume_geometry, DatasetKind, Inventory};
 use crate::system::runner::{Exit, Runner};
+use crate::system::settings;
 use qzb_protocol as proto;
 use serde_json::json;
 use std::time::Duration;
@@ -365,6 +367,7 @@ pub fn send(
     let mut stopped_at: Option<usize> = None;
     let mut security: Option<Error> = None;
     let mut sent_bytes = 0u64;
+    let mut opened_session = false;
     let total = state.targets.len();
 
     for i in to_send {
@@ -394,6 +397,7 @@ pub fn send(
             continue;
         }
         if session.is_none() {
+            opened_session = true;
             let mut s = connector.connect(&qube)?;
             rx = Some(inventory(&mut s, &root)?);
             if auth.is_some() {
@@ -540,6 +544,17 @@ pub fn send(
                         }
                     }
                 }
+            }
+        }
+    }
+    if let Some(a) = &auth {
+        // The run's record: after anything was attempted, or once for a backup without one.
+        if (opened_session || state.last_set.is_none()) && stopped_at.is_none() {
+            if session.is_none() {
+                session = connector.connect(&qube).ok();
+            }
+            if let Some(s) = session.as_mut() {
+                a.store_set(runner, s, &root, inv, store, state, &run)?;
             }
         }
     }
@@ -698,6 +713,81 @@ impl Auth<'_> {
         ) {
             Ok(tap) => Some(tap),
             Err(e) => untapped(format!("its manifest could not be started: {e}")),
+        }
+    }
+
+    /// Captures the settings of the backed-up qubes and stores them with the run's set
+    /// index. Failing to capture settings or to store the set is a warning: the data is on
+    /// the medium, and the next run stores a new set.
+    #[allow(clippy::too_many_arguments)]
+    fn store_set(
+        &self,
+        runner: &dyn Runner,
+        s: &mut Client,
+        root: &proto::DatasetName,
+        inv: &Inventory,
+        store: &Store,
+        state: &mut BackupState,
+        run: &Run,
+    ) -> Result<()> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let datasets: Vec<String> = state
+            .targets
+            .iter()
+            .filter(|t| t.send_state == SendState::Done)
+            .map(|t| t.target.snapshot.dataset().to_string())
+            .collect();
+        let qubes = settings::qubes_of_datasets(inv, datasets.iter().map(String::as_str));
+        let sealed = settings::capture(runner, inv, &qubes, now)
+            .map_err(|e| e.to_string())
+            .and_then(|doc| doc.seal(&self.keys.metadata).map_err(|e| e.to_string()));
+        let sealed = match sealed {
+            Ok(bytes) => Some(bytes),
+            Err(e) => {
+                run.say(
+                    format_args!("warning: the settings of the backed-up qubes were not captured ({e}); this run's set index has none, so a restore would recreate these qubes without their settings"),
+                    json!({"event": "warning", "settings": false, "error": e}),
+                );
+                None
+            }
+        };
+        let settings_hash = sealed.as_ref().map(|b| *blake3::hash(b).as_bytes());
+        let stored = sets::build_index(
+            state,
+            self.keys,
+            &self.medium,
+            &self.chains,
+            settings_hash,
+            now,
+        )
+        .and_then(|index| {
+            sets::store_set(s, root, &self.medium, &index, sealed.as_deref(), self.keys)
+                .map(|last| (last, index))
+        });
+        match stored {
+            Ok((last, index)) => {
+                run.say(
+                    format_args!(
+                        "stored the set index ({} snapshot(s){}) and the settings of {} qube(s) on the medium",
+                        index.entries.len(),
+                        if index.complete { "" } else { ", incomplete" },
+                        if sealed.is_some() { qubes.len() } else { 0 }
+                    ),
+                    json!({"event": "set", "entries": index.entries.len(), "complete": index.complete, "qubes": qubes, "settings": sealed.is_some()}),
+                );
+                state.last_set = Some(last);
+                store.save(state)
+            }
+            Err(e) => {
+                run.say(
+                    format_args!("warning: this run's set index was not stored on the medium ({e}); the next send stores one"),
+                    json!({"event": "warning", "set": false, "error": e.to_string()}),
+                );
+                Ok(())
+            }
         }
     }
 

@@ -7,9 +7,11 @@
 //! its header), merges it into what the volume must hold, and checks every block's tag and that
 //! exactly the manifests' data blocks came. Nothing is written anywhere but dom0's scratch
 //! directory for the manifest bodies. A receiver that drained a stream and reported the right
-//! guid fails here.
+//! guid fails here. Last, the backup's newest set index and its settings (`sets.rs`): both
+//! MACs, that it is the index dom0 stored last, and that it agrees with dom0's state.
 
 use crate::error::{Error, Result};
+use crate::key::Keys;
 use crate::output::{human_bytes, outside};
 use crate::state::{BackupState, SendState};
 use crate::stream::client::Client;
@@ -17,6 +19,7 @@ use crate::stream::medium::{fetch_chain, NoChain};
 use crate::stream::progress::{Mode, Run};
 use crate::stream::qrexec::Connect;
 use crate::stream::receiver::{inventory, on_receiver};
+use crate::stream::sets;
 use crate::system::inventory::DatasetKind;
 use qzb_protocol::manifest::{BlockCheck, ChainMerge, Expected};
 use serde_json::json;
@@ -31,12 +34,12 @@ pub struct VerifyOptions {
     pub progress: Mode,
 }
 
-/// `verify`. `manifest_key` is `None` when dom0 has no key (then only `--quick` can run).
+/// `verify`. `keys` is `None` when dom0 has no key (then only `--quick` can run).
 pub fn verify(
     connector: &dyn Connect,
     state: &BackupState,
     metadata_dir: &Path,
-    manifest_key: Option<&[u8; 32]>,
+    keys: Option<&Keys>,
     opts: &VerifyOptions,
 ) -> Result<()> {
     let config = state.config()?;
@@ -51,7 +54,7 @@ pub fn verify(
             state.name, state.name
         )));
     }
-    let key = match (opts.quick, manifest_key) {
+    let keys = match (opts.quick, keys) {
         (true, _) => None,
         (false, Some(k)) => Some(k),
         (false, None) => {
@@ -85,7 +88,7 @@ pub fn verify(
         }
     }
     let pending = state.targets.len() - done.len();
-    let Some(key) = key else {
+    let Some(keys) = keys else {
         let _ = session.close();
         crate::outln!(
             "{} done target(s) checked by guid, {bad} problem(s); {pending} target(s) not sent yet",
@@ -103,6 +106,7 @@ pub fn verify(
     let scratch = metadata_dir.join("verify-scratch");
     let mut unverifiable = Vec::new();
     let mut verified = 0;
+    let key = &keys.manifest;
     let mut session = Some(session);
     for t in volumes {
         let dest = on_receiver(root, &t.target.snapshot)?;
@@ -146,15 +150,78 @@ pub fn verify(
             }
         }
     }
+    let s = match session.as_mut() {
+        Some(s) => s,
+        None => session.insert(connector.connect(qube)?),
+    };
+    match check_set(s, root, state, keys) {
+        Ok(SetCheck::Ok(line)) => crate::outln!("ok        {line}"),
+        Ok(SetCheck::None) => {
+            unverifiable.push("the set index".into());
+            crate::outln!(
+                "UNVERIFIABLE the medium holds no set index of {name} (it was sent before set indexes, or without a key); the next `send {name}` stores one",
+                name = state.name
+            );
+        }
+        Err(e) => {
+            bad += 1;
+            crate::outln!("FAILED    set index: {}", outside(&e.to_string()));
+        }
+    }
     if let Some(s) = session.take() {
         let _ = s.close();
     }
     crate::outln!(
-        "{} done target(s) checked by guid, {verified} zvol(s) read back and verified, {} without a manifest, {bad} problem(s); {pending} target(s) not sent yet",
+        "{} done target(s) checked by guid, {verified} zvol(s) read back and verified, {} unverifiable, {bad} problem(s); {pending} target(s) not sent yet",
         done.len(),
         unverifiable.len()
     );
     verdict(bad, unverifiable.len(), &state.name)
+}
+
+enum SetCheck {
+    /// What was checked, for the `ok` line.
+    Ok(String),
+    /// The medium has no set index of this backup, and dom0 stored none.
+    None,
+}
+
+/// The newest set index and its settings: MACs, dom0's record of it, and agreement with
+/// dom0's state.
+fn check_set(
+    session: &mut Client,
+    root: &qzb_protocol::DatasetName,
+    state: &BackupState,
+    keys: &Keys,
+) -> Result<SetCheck> {
+    let Some(set) = sets::fetch_newest(session, root, state, keys)? else {
+        return match &state.last_set {
+            Some(last) => Err(Error::Security(format!(
+                "dom0 stored a set index of {} at {}, but the medium has none: it was removed",
+                state.name,
+                crate::state::format_utc(last.created)
+            ))),
+            None => Ok(SetCheck::None),
+        };
+    };
+    let problems = sets::disagreements(&set.index, state);
+    if !problems.is_empty() {
+        return Err(Error::Security(format!(
+            "the set index of {} disagrees with dom0: {}",
+            crate::state::format_utc(set.index.created),
+            problems.join("; ")
+        )));
+    }
+    let settings = match &set.settings {
+        Some(doc) => format!("settings of {} qube(s)", doc.qubes.len()),
+        None => "no settings".into(),
+    };
+    Ok(SetCheck::Ok(format!(
+        "set index of {} ({} snapshot(s){}, {settings}): MACs match, and it is the one dom0 stored last",
+        crate::state::format_utc(set.index.created),
+        set.index.entries.len(),
+        if set.index.complete { "" } else { ", incomplete" },
+    )))
 }
 
 fn verdict(bad: usize, unverifiable: usize, name: &str) -> Result<()> {
@@ -165,7 +232,7 @@ fn verdict(bad: usize, unverifiable: usize, name: &str) -> Result<()> {
     }
     if unverifiable > 0 {
         return Err(Error::Partial(format!(
-            "{unverifiable} zvol snapshot(s) have no manifest and could only be checked by guid; make them verifiable with a full send (a new backup of them, or `send {name}` after `import --replace` with full sends)"
+            "{unverifiable} item(s) could not be proved (listed above as UNVERIFIABLE): a zvol snapshot without a manifest was only checked by guid (a full send makes it verifiable: a new backup of it, or `send {name}` after `import --replace` with full sends); a missing set index is stored by the next `send {name}`"
         )));
     }
     Ok(())

@@ -3,3 +3,4 @@
 //! now (`snapshot`).
 pub mod inventory;
 pub mod runner;
+pub mod settings;

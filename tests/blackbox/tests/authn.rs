@@ -231,3 +231,140 @@ fn an_incremental_chains_to_the_full_and_verify_merges_the_chain() {
         run.stdout
     );
 }
+
+/// The sealed settings and index of the newest set on the medium.
+fn newest_set(sys: &FakeSystem) -> (std::path::PathBuf, std::path::PathBuf) {
+    let index = blobs(sys, ".index")
+        .pop()
+        .expect("a set index on the medium");
+    let settings = index.with_extension("settings");
+    (settings, index)
+}
+
+#[test]
+fn a_send_stores_the_qubes_settings_and_a_set_index_that_verify_checks() {
+    let sys = keyed(1 << 20);
+    let path = sys.state.join("dom0.json");
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let vault = &mut v["qubes"]["domains"]["vault"];
+    vault["features"] =
+        serde_json::json!({"service.cups": "1", "menu-items": "a.desktop b.desktop"});
+    vault["tags"] = serde_json::json!(["offline", "audited"]);
+    vault["firewall"] = serde_json::json!(["action=drop"]);
+    vault["devices"] = serde_json::json!({"usb": ["sys-usb+2-1:0000:0000::p0 mode='required'"]});
+    vault["properties"]["label"] = "black".into();
+    std::fs::write(&path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+
+    let run = sys.driver(&["send", "vols"]);
+    run.expect(0);
+    assert!(
+        run.stdout
+            .contains("stored the set index (1 snapshot(s)) and the settings of 1 qube(s)"),
+        "{}",
+        run.stdout
+    );
+    let (settings, index) = newest_set(&sys);
+    let keys = dom0_driver::key::load(&sys.meta).unwrap().unwrap();
+    let doc =
+        qzb_protocol::sets::SettingsDoc::open(&std::fs::read(&settings).unwrap(), &keys.metadata)
+            .unwrap();
+    let names: Vec<&str> = doc.qubes.iter().map(|q| q.name.as_str()).collect();
+    assert_eq!(names, ["vault"], "only the qube whose volume is backed up");
+    let q = &doc.qubes[0];
+    assert_eq!(q.property("label").unwrap().value, "black");
+    assert_eq!(q.property("klass").unwrap().value, q.class);
+    assert_eq!(
+        q.features,
+        [
+            ("menu-items".to_owned(), "a.desktop b.desktop".to_owned()),
+            ("service.cups".to_owned(), "1".to_owned())
+        ]
+    );
+    assert_eq!(q.tags, ["audited", "offline"]);
+    assert_eq!(q.firewall.as_deref(), Some(&["action=drop".to_owned()][..]));
+    assert!(q
+        .devices
+        .contains(&qzb_protocol::sets::DeviceList::Assigned {
+            class: "usb".into(),
+            lines: vec!["sys-usb+2-1:0000:0000::p0 mode='required'".into()]
+        }));
+    let idx = qzb_protocol::sets::SetIndex::open(&std::fs::read(&index).unwrap(), &keys.metadata)
+        .unwrap();
+    assert!(idx.complete);
+    assert_eq!(idx.backup, "vols");
+    assert_eq!(idx.key_id, keys.key_id);
+    assert_eq!(idx.entries.len(), 1);
+    assert_eq!(idx.entries[0].snapshot, format!("{VAULT}@b1"));
+    assert!(idx.entries[0].manifest.is_some() && idx.entries[0].stream.is_some());
+    assert_eq!(
+        idx.settings_hash,
+        Some(*blake3::hash(&std::fs::read(&settings).unwrap()).as_bytes())
+    );
+
+    let run = verify(&sys, "vols");
+    run.expect(0);
+    assert!(
+        run.stdout.contains("ok        set index of ")
+            && run
+                .stdout
+                .contains("(1 snapshot(s), settings of 1 qube(s)): MACs match"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn a_flipped_byte_in_the_stored_set_index_or_settings_fails_verify() {
+    let sys = keyed(1 << 20);
+    sys.driver(&["send", "vols"]).expect(0);
+    let (settings, index) = newest_set(&sys);
+    for (file, what) in [
+        (&index, "MAC does not match"),
+        (&settings, "are not the ones the set index names"),
+    ] {
+        let good = std::fs::read(file).unwrap();
+        let mut bad = good.clone();
+        bad[good.len() / 2] ^= 0x10;
+        std::fs::write(file, &bad).unwrap();
+        let run = verify(&sys, "vols");
+        std::fs::write(file, &good).unwrap();
+        run.expect(8);
+        assert!(
+            run.stdout.contains("FAILED    set index: ") && run.stdout.contains(what),
+            "{what}:\n{}",
+            run.stdout
+        );
+    }
+    verify(&sys, "vols").expect(0);
+}
+
+#[test]
+fn a_removed_or_renamed_set_index_fails_verify() {
+    let sys = keyed(1 << 20);
+    sys.driver(&["send", "vols"]).expect(0);
+    let (_, index) = newest_set(&sys);
+    // Renamed to a later time: the name no longer matches the MAC'd content.
+    let leaf = index.file_name().unwrap().to_str().unwrap().to_owned();
+    let later = index.with_file_name(format!(
+        "{:016x}.index",
+        u64::from_str_radix(&leaf[..16], 16).unwrap() + 1
+    ));
+    std::fs::rename(&index, &later).unwrap();
+    let run = verify(&sys, "vols");
+    run.expect(8);
+    assert!(
+        run.stdout.contains("it was moved or renamed"),
+        "{}",
+        run.stdout
+    );
+    // Removed: dom0 remembers storing it.
+    std::fs::remove_file(&later).unwrap();
+    let run = verify(&sys, "vols");
+    run.expect(8);
+    assert!(
+        run.stdout
+            .contains("but the medium has none: it was removed"),
+        "{}",
+        run.stdout
+    );
+}

@@ -162,8 +162,72 @@ fn admin_call(q: &Qubes, method: &str, dest: &str, arg: &str) -> Option<Reply> {
                 ),
             }
         }
+        "admin.vm.property.GetAll" => {
+            if !arg.is_empty() {
+                return Some(denied());
+            }
+            let mut all = vm.properties.clone();
+            all.insert("klass".into(), vm.class.clone());
+            Reply::Ok(
+                all.iter()
+                    .map(|(name, value)| {
+                        let (default, ty) = property_shape(name);
+                        let line = format!("default={default} type={ty} {value}")
+                            .replace('\\', "\\\\")
+                            .replace('\n', "\\n");
+                        format!("{name} {line}\n")
+                    })
+                    .collect(),
+            )
+        }
+        "admin.vm.feature.List" => {
+            if !arg.is_empty() {
+                return Some(denied());
+            }
+            Reply::Ok(vm.features.keys().map(|k| format!("{k}\n")).collect())
+        }
+        "admin.vm.feature.Get" => match vm.features.get(arg) {
+            Some(v) => Reply::Ok(v.clone()),
+            None => Reply::Exc("QubesFeatureNotFoundError", arg.to_string()),
+        },
+        "admin.vm.tag.List" => {
+            let mut tags = vm.tags.clone();
+            tags.sort();
+            Reply::Ok(tags.iter().map(|t| format!("{t}\n")).collect())
+        }
+        "admin.vm.firewall.Get" => {
+            if vm.class == "AdminVM" {
+                return Some(denied());
+            }
+            let rules = vm
+                .firewall
+                .clone()
+                .unwrap_or_else(|| vec!["action=accept".into()]);
+            Reply::Ok(rules.iter().map(|r| format!("{r}\n")).collect())
+        }
+        m if m.starts_with("admin.vm.device.") && m.ends_with(".Assigned") => {
+            let class = &m["admin.vm.device.".len()..m.len() - ".Assigned".len()];
+            if !["block", "mic", "pci", "usb"].contains(&class) {
+                return None;
+            }
+            let lines = vm.devices.get(class).cloned().unwrap_or_default();
+            Reply::Ok(lines.iter().map(|l| format!("{l}\n")).collect())
+        }
         _ => return None,
     })
+}
+
+/// `default=` and `type=` of a property as the fake reports it: what dom0.json sets is not a
+/// default, except `klass`.
+fn property_shape(name: &str) -> (&'static str, &'static str) {
+    let default = if name == "klass" { "True" } else { "False" };
+    let ty = match name {
+        "template" | "netvm" | "default_dispvm" => "vm",
+        "label" => "label",
+        "memory" | "maxmem" | "vcpus" | "qrexec_timeout" => "int",
+        _ => "str",
+    };
+    (default, ty)
 }
 
 pub fn qubesd_query(root: &Path, args: &[String]) -> i32 {

@@ -227,6 +227,18 @@ pub struct Qube {
     /// qrexec services that are NOT installed in this qube (calls exit 127).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub missing_services: Vec<String>,
+    /// admin.vm.feature.List / Get.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub features: BTreeMap<String, String>,
+    /// admin.vm.tag.List.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// admin.vm.firewall.Get, one rule per entry (default: `action=accept`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firewall: Option<Vec<String>>,
+    /// admin.vm.device.<class>.Assigned: class -> lines (`dom0+00_14.0:... mode='required'`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub devices: BTreeMap<String, Vec<String>>,
 }
 
 fn halted() -> String {

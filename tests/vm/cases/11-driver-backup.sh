@@ -181,8 +181,12 @@ grep -q "^FAILED    $ROOT/$C/vault/private@qzb-b2" <<< "$out" || qzb_fail "the l
 grep -q "^ok        $ROOT/$C/vault/private@qzb-b2 (guid)" <<< "$out" || qzb_fail "the liar should pass the guid check"
 zfs destroy -r "$ROOT/decoy"
 # A flipped byte in a stored manifest header: its MAC fails, verify names it.
-head=$(find "$QZB_DRV_DIR/agent-meta" -name '*.head' | sort | head -n 1)
-[ -n "$head" ] || qzb_fail "no manifest header stored under $QZB_DRV_DIR/agent-meta"
+# The agent's metadata filesystem is mounted under the pool's altroot (the pools here are
+# imported with -R), so ask ZFS where it is.
+meta_dir=$(zfs get -H -o value mountpoint "$ROOT/.qzb-meta")
+case $meta_dir in "$QZB_ALTROOT$QZB_DRV_DIR/agent-meta/"*) ;; *) qzb_fail "metadata filesystem at $meta_dir";; esac
+head=$(find "$meta_dir" -name '*.head' | sort | head -n 1)
+[ -n "$head" ] || qzb_fail "no manifest header stored under $meta_dir"
 cp "$head" "$W/head.bak"
 printf '\001' | dd of="$head" bs=1 seek=40 conv=notrunc status=none
 set +e; out=$(qzb_drv verify vm-full 2>&1); rc=$?; set -e
