@@ -96,7 +96,7 @@ seconds_for() {
         echo "${FUZZ_ZSTREAM_SECONDS:-$((FUZZ_SECONDS < 10 ? FUZZ_SECONDS : 10))}"
     elif [[ $1 == manifest_header && -z ${FUZZ_TARGETS:-} ]]; then
         echo "${FUZZ_MANIFEST_SECONDS:-$((FUZZ_SECONDS < 10 ? FUZZ_SECONDS : 10))}"
-    elif [[ $1 == key_file && -z ${FUZZ_TARGETS:-} ]]; then
+    elif [[ ($1 == key_file || $1 == sealed) && -z ${FUZZ_TARGETS:-} ]]; then
         echo "${FUZZ_KEY_FILE_SECONDS:-$((FUZZ_SECONDS < 10 ? FUZZ_SECONDS : 10))}"
     else
         echo "$FUZZ_SECONDS"

@@ -189,7 +189,13 @@ fn replies() -> Vec<(&'static str, Reply)> {
                 },
             ]),
         ),
-        ("read-back-done", Reply::ReadBackDone { blocks: 2, bytes: 32768 }),
+        (
+            "read-back-done",
+            Reply::ReadBackDone {
+                blocks: 2,
+                bytes: 32768,
+            },
+        ),
     ]
 }
 
@@ -425,6 +431,10 @@ fn main() {
     for (name, input) in qzb_fuzz::key_file::seeds() {
         qzb_fuzz::key_file::run(&input);
         write("key_file", name, &input);
+    }
+    for (name, input) in qzb_fuzz::sealed::seeds() {
+        qzb_fuzz::sealed::run(&input);
+        write("sealed", name, &input);
     }
     println!("corpus written under fuzz/corpus/");
 }

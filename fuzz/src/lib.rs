@@ -12,6 +12,7 @@ pub mod agent;
 pub mod alloc_cap;
 pub mod key_file;
 pub mod manifest;
+pub mod sealed;
 pub mod stream;
 pub mod zstream;
 

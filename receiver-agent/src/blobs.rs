@@ -147,7 +147,6 @@ fn mount_location<'a>(reported: &'a str, expected: &str) -> Option<&'a str> {
     (altroot.is_empty() || is_altroot).then_some(reported)
 }
 
-
 fn io_refusal(what: String, e: &io::Error) -> Refusal {
     let class = match e.kind() {
         io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => ErrorClass::NoSpace,

@@ -76,6 +76,12 @@ impl SetIndex {
         Ok(())
     }
 
+    /// The body's encoding (bincode 2), checked against the rules and the cap.
+    pub fn encode(&self) -> Result<Vec<u8>, SealError> {
+        self.validate().map_err(SealError::Encode)?;
+        encode_body(self, Purpose::SetIndex)
+    }
+
     pub fn seal(&self, key: &[u8; 32]) -> Result<Vec<u8>, SealError> {
         self.validate().map_err(SealError::Encode)?;
         seal(

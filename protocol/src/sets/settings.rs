@@ -195,6 +195,12 @@ impl SettingsDoc {
     }
 
     /// The sealed bytes to store on the medium.
+    /// The body's encoding (bincode 2), checked against the rules and the cap.
+    pub fn encode(&self) -> Result<Vec<u8>, SealError> {
+        self.validate().map_err(SealError::Encode)?;
+        encode_body(self, Purpose::Settings)
+    }
+
     pub fn seal(&self, key: &[u8; 32]) -> Result<Vec<u8>, SealError> {
         self.validate().map_err(SealError::Encode)?;
         seal(
