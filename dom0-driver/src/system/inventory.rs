@@ -556,9 +556,10 @@ pub fn parse_volume_geometry(text: &str, dataset: &str) -> Result<VolumeGeometry
                 .map_err(|_| format!("{what} of {name} is not a number: {v:?}"))
         };
         let volsize = number("volsize", volsize)?;
-        let volblocksize = number("volblocksize", volblocksize)?;
+        // Real ZFS (2.1) prints `-` for a snapshot's volblocksize: only the volume's counts
+        // (a zvol's block size cannot change).
         if name == dataset {
-            geometry.volblocksize = volblocksize;
+            geometry.volblocksize = number("volblocksize", volblocksize)?;
         } else if !name.starts_with(&format!("{dataset}@")) {
             continue;
         }
@@ -598,12 +599,15 @@ mod geometry_tests {
 
     #[test]
     fn geometry_lists_the_volume_and_its_snapshots_volsizes() {
-        let text = "pool/v\t2097152\t16384\npool/v@a\t1048576\t16384\npool/v@b\t2097152\t16384\n";
+        // As OpenZFS 2.1 prints it: `-` for a snapshot's volblocksize.
+        let text = "pool/v\t2097152\t16384\npool/v@a\t1048576\t-\npool/v@b\t2097152\t-\n";
         let g = parse_volume_geometry(text, "pool/v").unwrap();
         assert_eq!(g.volblocksize, 16384);
         assert_eq!(g.volsizes["pool/v@a"], 1 << 20);
         assert_eq!(g.volsizes.len(), 3);
         assert!(parse_volume_geometry("pool/v\t-\t16384\n", "pool/v").is_err());
+        assert!(parse_volume_geometry("pool/v\t1\t-\n", "pool/v").is_err());
+        assert!(parse_volume_geometry("pool/v\t1\t512\npool/v@a\t-\t-\n", "pool/v").is_err());
         assert!(parse_volume_geometry("pool/w@a\t1\t512\n", "pool/v").is_err());
     }
 }
