@@ -56,11 +56,11 @@ pub const EXIT_CODES: &[(i32, &str)] = &[
     ),
     (
         exit::SECURITY,
-        "security refusal: the backup qube sent something dom0 did not plan (a forged resume token, a wrong guid)",
+        "security refusal: the backup qube sent something dom0 did not plan (a forged resume token, a wrong guid), or `restore` found a set index or settings that fail their MAC",
     ),
     (
         exit::PARTIAL,
-        "partial: everything that was ready was done, some targets were not ready (listed, with why); run the command again once they are. For `verify`: no problem found, but some zvols have no manifest and were checked by guid only",
+        "partial: everything that was ready was done, some targets were not ready (listed, with why); run the command again once they are. For `verify`: no problem found, but some zvols have no manifest and were checked by guid only, or the medium has no set index yet",
     ),
     (
         exit::NOTHING_DONE,

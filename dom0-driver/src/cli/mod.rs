@@ -140,6 +140,31 @@ pub enum Command {
         #[command(subcommand)]
         action: KeyCommand,
     },
+    /// Restore from a backup medium (so far: list the backup sets it holds).
+    #[command(
+        after_help = "On a fresh dom0 (no key in the metadata directory) the medium's wrapped key is unlocked with the passphrase.\n\nExample:\n  qubes-zfs-backup restore list --from backups:backuppool/backups/mydesktop"
+    )]
+    Restore {
+        #[command(subcommand)]
+        action: RestoreCommand,
+    },
+}
+
+/// `restore list`.
+#[derive(Subcommand, Debug)]
+pub enum RestoreCommand {
+    /// List the backup sets on a medium (from their MAC'd set indexes): when, complete or not,
+    /// how many zvols and filesystems, how much was sent, which qubes' settings.
+    List {
+        /// The medium: the backup qube and the receiver dataset, QUBE:DATASET.
+        #[arg(long, value_name = "QUBE:DATASET", value_parser = crate::commands::restore::Medium::parse)]
+        from: crate::commands::restore::Medium,
+        /// One JSON object per set.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        passphrase: PassphraseArgs,
+    },
 }
 
 /// `key init|check|change`.
@@ -284,6 +309,20 @@ pub fn run(cli: &Cli, runner: &SystemRunner) -> Result<()> {
             commands::receiver::abort(&store, &qrexec, name, dataset.as_deref(), *yes)
         }
         Command::Key { action } => run_key(&cli.metadata_dir, action),
+        Command::Restore {
+            action:
+                RestoreCommand::List {
+                    from,
+                    json,
+                    passphrase,
+                },
+        } => commands::restore::list(
+            &cli.metadata_dir,
+            &qrexec,
+            from,
+            crate::key::PassphraseSource::from_fd(passphrase.passphrase_fd),
+            *json,
+        ),
     }
 }
 

@@ -7,6 +7,7 @@ pub mod calc;
 pub mod check;
 pub mod receiver;
 pub mod report;
+pub mod restore;
 pub mod snapshot;
 
 use crate::config::diag::Diagnostic;

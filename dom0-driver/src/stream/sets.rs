@@ -135,35 +135,36 @@ fn fetch(
     Ok(bytes)
 }
 
-/// Fetches and checks the newest set index of `state`'s backup and its settings: `Ok(None)`
-/// when the medium has none. Every problem is an `Error::Security` naming the blob.
-pub fn fetch_newest(
+/// `(backup id, created)` of a listed blob named `sets/<id>/<16 hex>.index`.
+fn index_name(name: &BlobName) -> Option<(String, u64)> {
+    let mut parts = name.as_str().split('/');
+    let (Some("sets"), Some(id), Some(leaf), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    let hex = leaf.strip_suffix(".index")?;
+    let created = (hex.len() == 16)
+        .then(|| u64::from_str_radix(hex, 16).ok())
+        .flatten()?;
+    Some((id.to_owned(), created))
+}
+
+/// Fetches and checks the set `sets/<id>/<created>.index` and its settings. The blob's name
+/// only says where to look: the index must name the same backup (by id) and time, and dom0's
+/// key. Every problem is an `Error::Security` naming the blob.
+fn open_set(
     session: &mut Client,
     root: &DatasetName,
-    state: &BackupState,
+    id: &str,
+    created: u64,
     keys: &Keys,
-) -> Result<Option<FetchedSet>> {
-    let backup = state.name.to_string();
-    let listed = session.list_blobs(root, Some(&dir_blob(&backup)?))?;
-    // The names only choose which blob to fetch; the index's own `created` must match.
-    let newest = listed
-        .iter()
-        .filter_map(|b| {
-            let leaf = b.name.as_str().rsplit('/').next()?;
-            let hex = leaf.strip_suffix(".index")?;
-            (hex.len() == 16)
-                .then(|| u64::from_str_radix(hex, 16).ok())
-                .flatten()
-        })
-        .max();
-    let Some(created) = newest else {
-        return Ok(None);
-    };
-    let name = set_blob(&backup, created, "index")?;
+) -> Result<(FetchedSet, [u8; 32])> {
+    let name = blob(format!("sets/{id}/{created:016x}.index"))?;
     let sealed = fetch(session, root, &name, Purpose::SetIndex)?;
     let index = SetIndex::open(&sealed, &keys.metadata)
         .map_err(|e| Error::Security(format!("set index {name}: {e}")))?;
-    if index.created != created || index.backup != backup {
+    if index.created != created || name_id(&index.backup) != id {
         return Err(Error::Security(format!(
             "set index {name} holds the index of {} at {}: it was moved or renamed",
             outside(&index.backup),
@@ -172,23 +173,14 @@ pub fn fetch_newest(
     }
     if index.key_id != keys.key_id {
         return Err(Error::Security(format!(
-            "set index {name} names key {} but dom0's key is {}",
+            "set index {name} names key {} but the key in use is {}",
             index.key_id, keys.key_id
         )));
-    }
-    if let Some(last) = &state.last_set {
-        let hash = blake3::hash(&sealed).to_hex().to_string();
-        if last.created != created || last.blake3 != hash {
-            return Err(Error::Security(format!(
-                "the newest set index on the medium ({name}) is not the one dom0 stored last (at {}): the receiver rolled the backup back or replaced the index",
-                crate::state::format_utc(last.created)
-            )));
-        }
     }
     let settings = match index.settings_hash {
         None => None,
         Some(expected) => {
-            let name = set_blob(&backup, created, "settings")?;
+            let name = blob(format!("sets/{id}/{created:016x}.settings"))?;
             let sealed = fetch(session, root, &name, Purpose::Settings)?;
             if blake3::hash(&sealed) != blake3::Hash::from_bytes(expected) {
                 return Err(Error::Security(format!(
@@ -201,7 +193,71 @@ pub fn fetch_newest(
             )
         }
     };
-    Ok(Some(FetchedSet { index, settings }))
+    Ok((
+        FetchedSet { index, settings },
+        *blake3::hash(&sealed).as_bytes(),
+    ))
+}
+
+/// Fetches and checks the newest set index of `state`'s backup and its settings: `Ok(None)`
+/// when the medium has none. The newest must be the one dom0 stored last, if it stored one.
+pub fn fetch_newest(
+    session: &mut Client,
+    root: &DatasetName,
+    state: &BackupState,
+    keys: &Keys,
+) -> Result<Option<FetchedSet>> {
+    let backup = state.name.to_string();
+    let id = name_id(&backup);
+    let listed = session.list_blobs(root, Some(&dir_blob(&backup)?))?;
+    let newest = listed
+        .iter()
+        .filter_map(|b| index_name(&b.name))
+        .filter(|(i, _)| *i == id)
+        .map(|(_, created)| created)
+        .max();
+    let Some(created) = newest else {
+        return Ok(None);
+    };
+    let (set, hash) = open_set(session, root, &id, created, keys)?;
+    if let Some(last) = &state.last_set {
+        let hash = blake3::Hash::from_bytes(hash).to_hex().to_string();
+        if last.created != created || last.blake3 != hash {
+            return Err(Error::Security(format!(
+                "the newest set index on the medium ({}) is not the one dom0 stored last (at {}): the receiver rolled the backup back or replaced the index",
+                set_blob(&backup, created, "index")?,
+                crate::state::format_utc(last.created)
+            )));
+        }
+    }
+    Ok(Some(set))
+}
+
+/// Every set on the medium, oldest first per backup: each checked (MACs, name, key), or why
+/// it was refused, with its blob name. A failure of the session itself ends the listing.
+pub fn list_all(
+    session: &mut Client,
+    root: &DatasetName,
+    keys: &Keys,
+) -> Result<Vec<(String, Result<FetchedSet>)>> {
+    let prefix = blob("sets".into())?;
+    let mut found: Vec<(String, u64)> = session
+        .list_blobs(root, Some(&prefix))?
+        .iter()
+        .filter_map(|b| index_name(&b.name))
+        .collect();
+    found.sort();
+    let mut out = Vec::with_capacity(found.len());
+    for (id, created) in found {
+        let name = format!("sets/{id}/{created:016x}.index");
+        match open_set(session, root, &id, created, keys) {
+            Ok((set, _)) => out.push((name, Ok(set))),
+            Err(e @ Error::Security(_)) => out.push((name, Err(e))),
+            // The session itself failed: nothing more can be read through it.
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
 }
 
 /// Where the set index and dom0's state disagree about a done target: one line each.

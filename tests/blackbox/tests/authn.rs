@@ -368,3 +368,96 @@ fn a_removed_or_renamed_set_index_fails_verify() {
         run.stdout
     );
 }
+
+/// `restore list --from` the test medium, with `metadata_dir` and `input` on stdin.
+fn restore_list(sys: &FakeSystem, metadata_dir: &std::path::Path, input: &str, json: bool) -> Run {
+    use std::io::Write;
+    let from = format!("backups-disp:{ROOT}");
+    let mut args = vec!["restore", "list", "--from", &from, "--passphrase-fd", "0"];
+    if json {
+        args.push("--json");
+    }
+    let mut child = sys
+        .command(qzb_blackbox_tests::bin("qubes-zfs-backup"))
+        .arg("--metadata-dir")
+        .arg(metadata_dir)
+        .args(&args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _ = child.stdin.take().unwrap().write_all(input.as_bytes());
+    Run::from(child.wait_with_output().unwrap())
+}
+
+#[test]
+fn restore_list_shows_the_sets_on_the_medium() {
+    let sys = keyed(1 << 20);
+    sys.driver(&["send", "vols"]).expect(0);
+    let run = restore_list(&sys, &sys.meta, "", false);
+    run.expect(0);
+    assert!(
+        run.stdout.contains("  vols  ")
+            && run.stdout.contains("complete")
+            && run.stdout.contains("1 zvol(s), 0 filesystem(s)")
+            && run.stdout.contains("qubes: vault"),
+        "{}",
+        run.stdout
+    );
+    let run = restore_list(&sys, &sys.meta, "", true);
+    run.expect(0);
+    let set: Value = serde_json::from_str(run.stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(set["backup"], "vols");
+    assert_eq!(set["qubes"], serde_json::json!(["vault"]));
+    assert_eq!(set["snapshots"][0]["snapshot"], format!("{VAULT}@b1"));
+    assert_eq!(set["snapshots"][0]["manifest"], true);
+}
+
+#[test]
+fn a_fresh_dom0_lists_the_sets_with_the_passphrase_alone() {
+    let sys = keyed(1 << 20);
+    sys.driver(&["send", "vols"]).expect(0);
+    let fresh = sys.dir.join("fresh-dom0");
+    let run = restore_list(
+        &sys,
+        &fresh,
+        &format!("{}\n", FakeSystem::PASSPHRASE),
+        false,
+    );
+    run.expect(0);
+    assert!(run.stdout.contains("qubes: vault"), "{}", run.stdout);
+    let run = restore_list(&sys, &fresh, "not the passphrase at all\n", false);
+    run.expect(12);
+    // A medium without anything sent with a key has no wrapped key to unlock.
+    let other = keyed(1 << 20);
+    let run = restore_list(
+        &other,
+        &fresh,
+        &format!("{}\n", FakeSystem::PASSPHRASE),
+        false,
+    );
+    run.expect(12);
+    assert!(
+        run.stderr.contains("wrapped key could not be read"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn restore_list_refuses_a_tampered_set_index() {
+    let sys = keyed(1 << 20);
+    sys.driver(&["send", "vols"]).expect(0);
+    let (_, index) = newest_set(&sys);
+    let mut bytes = std::fs::read(&index).unwrap();
+    bytes[30] ^= 1;
+    std::fs::write(&index, bytes).unwrap();
+    let run = restore_list(&sys, &sys.meta, "", false);
+    run.expect(9);
+    assert!(
+        run.stdout.contains("REFUSED sets/") && run.stdout.contains("MAC does not match"),
+        "{}",
+        run.stdout
+    );
+}

@@ -92,6 +92,8 @@ echo "$out" | sed 's/^/    /'
 n=$(grep -c '^verified  ' <<< "$out" || true)
 [ "$n" -ge 2 ] || qzb_fail "verify vm-full read back $n zvols, expected work and vault private"
 echo "  verify read $n zvols back from the receiver's own zfs send and checked every block"
+grep -q "^ok        set index of .*settings of [1-9][0-9]* qube(s)): MACs match" <<< "$out" \
+  || qzb_fail "verify vm-full did not check a set index with settings"
 read -r done total < <(qzb_status_check vm-full "$W/st-full.json" "$ROOT")
 [ "$done" = "$total" ] || qzb_fail "full backup: $done/$total targets done"
 echo "  full backup: $total targets sent in $(( $(date +%s) - t0 ))s"
@@ -192,7 +194,17 @@ printf '\001' | dd of="$head" bs=1 seek=40 conv=notrunc status=none
 set +e; out=$(qzb_drv verify vm-full 2>&1); rc=$?; set -e
 cp "$W/head.bak" "$head"
 { [ "$rc" = 8 ] && grep -q "MAC does not match" <<< "$out"; } || qzb_fail "a flipped manifest byte: exit $rc: $out"
-echo "  a lying receiver (decoy read-back, right guid) and a flipped manifest byte each fail verify (exit 8)"
+# The same for the set indexes (every backup's: the blob names hash the backup's name).
+mapfile -t indexes < <(find "$meta_dir/sets" -name '*.index' | sort)
+[ "${#indexes[@]}" -gt 0 ] || qzb_fail "no set index stored under $meta_dir/sets"
+for f in "${indexes[@]}"; do
+  cp "$f" "$f.bak"
+  printf '\001' | dd of="$f" bs=1 seek=20 conv=notrunc status=none
+done
+set +e; out=$(qzb_drv verify vm-full 2>&1); rc=$?; set -e
+for f in "${indexes[@]}"; do mv "$f.bak" "$f"; done
+{ [ "$rc" = 8 ] && grep -q "^FAILED    set index: .*MAC does not match" <<< "$out"; } || qzb_fail "a flipped set index byte: exit $rc: $out"
+echo "  a lying receiver (decoy read-back, right guid), a flipped manifest byte and a flipped set index byte each fail verify (exit 8)"
 qzb_drv_ok verify vm-full
 
 echo "OK: full + incremental/progressive/clone backups by the real driver and agent are identical to the source; authenticated zvols verify by read-back; a lying receiver and a tampered manifest fail verify"
