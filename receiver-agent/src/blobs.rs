@@ -147,35 +147,6 @@ fn mount_location<'a>(reported: &'a str, expected: &str) -> Option<&'a str> {
     (altroot.is_empty() || is_altroot).then_some(reported)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::mount_location;
-
-    const EXPECTED: &str = "/run/qubes-zfs-backup/meta/bpool/r/.qzb-meta";
-
-    #[test]
-    fn the_metadata_filesystem_is_used_at_its_path_or_under_the_pool_altroot() {
-        assert_eq!(mount_location(EXPECTED, EXPECTED), Some(EXPECTED));
-        let under = format!("/mnt/backup{EXPECTED}");
-        assert_eq!(mount_location(&under, EXPECTED), Some(under.as_str()));
-    }
-
-    #[test]
-    fn any_other_mountpoint_of_the_metadata_filesystem_is_refused() {
-        for reported in [
-            "none",
-            "legacy",
-            "/etc",
-            "/run/qubes-zfs-backup/meta/bpool/r",
-            "relative/run/qubes-zfs-backup/meta/bpool/r/.qzb-meta",
-            "/mnt//run/qubes-zfs-backup/meta/bpool/r/.qzb-meta",
-            "/run/qubes-zfs-backup/meta/bpool/r/.qzb-meta/x",
-        ] {
-            assert_eq!(mount_location(reported, EXPECTED), None, "{reported}");
-        }
-    }
-}
-
 fn io_refusal(what: String, e: &io::Error) -> Refusal {
     let class = match e.kind() {
         io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => ErrorClass::NoSpace,
@@ -508,4 +479,33 @@ fn walk(dir: &Path, rel: &str, depth: usize, out: &mut Vec<BlobInfo>) -> Result<
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mount_location;
+
+    const EXPECTED: &str = "/run/qubes-zfs-backup/meta/bpool/r/.qzb-meta";
+
+    #[test]
+    fn the_metadata_filesystem_is_used_at_its_path_or_under_the_pool_altroot() {
+        assert_eq!(mount_location(EXPECTED, EXPECTED), Some(EXPECTED));
+        let under = format!("/mnt/backup{EXPECTED}");
+        assert_eq!(mount_location(&under, EXPECTED), Some(under.as_str()));
+    }
+
+    #[test]
+    fn any_other_mountpoint_of_the_metadata_filesystem_is_refused() {
+        for reported in [
+            "none",
+            "legacy",
+            "/etc",
+            "/run/qubes-zfs-backup/meta/bpool/r",
+            "relative/run/qubes-zfs-backup/meta/bpool/r/.qzb-meta",
+            "/mnt//run/qubes-zfs-backup/meta/bpool/r/.qzb-meta",
+            "/run/qubes-zfs-backup/meta/bpool/r/.qzb-meta/x",
+        ] {
+            assert_eq!(mount_location(reported, EXPECTED), None, "{reported}");
+        }
+    }
 }
