@@ -7,7 +7,8 @@
 //! its header), merges it into what the volume must hold, and checks every block's tag and that
 //! exactly the manifests' data blocks came. Nothing is written anywhere but dom0's scratch
 //! directory for the manifest bodies. A receiver that drained a stream and reported the right
-//! guid fails here.
+//! guid fails here. The final error names the first problem in full: a log or a mail from a
+//! timer may keep nothing else.
 
 use crate::error::{Error, Result};
 use crate::output::{human_bytes, outside};
@@ -66,21 +67,22 @@ pub fn verify(
     let rx = inventory(&mut session, root)?;
 
     // The quick check: every done target's snapshot, by guid.
-    let mut bad = 0;
+    let mut problems = Problems::default();
     for t in &done {
         let dest = on_receiver(root, &t.target.snapshot)?;
         match (rx.snapshot_guid(&dest), t.target.guid) {
             (Some(r), Some(s)) if r == s => crate::outln!("ok        {dest} (guid)"),
             (Some(r), s) => {
-                bad += 1;
-                crate::outln!(
-                    "MISMATCH  {dest}: receiver guid {r}, source {}",
+                let what = format!(
+                    "{dest}: receiver guid {r}, source {}",
                     s.map(|g| g.to_string()).unwrap_or("-".into())
                 );
+                crate::outln!("MISMATCH  {what}");
+                problems.add(what);
             }
             (None, _) => {
-                bad += 1;
                 crate::outln!("MISSING   {dest}");
+                problems.add(format!("{dest} is missing on the receiver"));
             }
         }
     }
@@ -88,10 +90,11 @@ pub fn verify(
     let Some(key) = key else {
         let _ = session.close();
         crate::outln!(
-            "{} done target(s) checked by guid, {bad} problem(s); {pending} target(s) not sent yet",
-            done.len()
+            "{} done target(s) checked by guid, {} problem(s); {pending} target(s) not sent yet",
+            done.len(),
+            problems.count
         );
-        return verdict(bad, 0, &state.name);
+        return verdict(&problems, 0, &state.name);
     };
 
     // The read-back of every done zvol target.
@@ -134,11 +137,12 @@ pub fn verify(
                 );
             }
             Err(e) => {
-                bad += 1;
+                let what = format!("{dest}: {}", outside(&e.to_string()));
                 run.say(
-                    format_args!("FAILED    {dest}: {}", outside(&e.to_string())),
+                    format_args!("FAILED    {what}"),
                     json!({"event": "failed", "snapshot": dest.to_string(), "error": e.to_string()}),
                 );
+                problems.add(what);
                 // The session may be out of step after a refused read-back: start afresh.
                 if let Some(s) = session.take() {
                     let _ = s.close();
@@ -150,17 +154,34 @@ pub fn verify(
         let _ = s.close();
     }
     crate::outln!(
-        "{} done target(s) checked by guid, {verified} zvol(s) read back and verified, {} without a manifest, {bad} problem(s); {pending} target(s) not sent yet",
+        "{} done target(s) checked by guid, {verified} zvol(s) read back and verified, {} without a manifest, {} problem(s); {pending} target(s) not sent yet",
         done.len(),
-        unverifiable.len()
+        unverifiable.len(),
+        problems.count
     );
-    verdict(bad, unverifiable.len(), &state.name)
+    verdict(&problems, unverifiable.len(), &state.name)
 }
 
-fn verdict(bad: usize, unverifiable: usize, name: &str) -> Result<()> {
-    if bad > 0 {
+/// The problems verify found: how many, and the first in full, for the final error (which is
+/// all that a log or a mail from a timer may keep).
+#[derive(Default)]
+struct Problems {
+    count: usize,
+    first: Option<String>,
+}
+
+impl Problems {
+    fn add(&mut self, what: String) {
+        self.count += 1;
+        self.first.get_or_insert(what);
+    }
+}
+
+fn verdict(problems: &Problems, unverifiable: usize, name: &str) -> Result<()> {
+    if let Some(first) = &problems.first {
         return Err(Error::Send(format!(
-            "verify found {bad} problem(s): the medium does not hold what dom0 sent (listed above)"
+            "verify found {} problem(s), the medium does not hold what dom0 sent; the first: {first} (all listed above)",
+            problems.count
         )));
     }
     if unverifiable > 0 {

@@ -44,6 +44,14 @@ fn assert_failed(run: &Run, what: &str) {
         "expected FAILED with {what:?}:\n{}",
         run.stdout
     );
+    // The final error repeats the first problem: a log may keep nothing else.
+    assert!(
+        run.stderr
+            .contains(&format!("the first: {ROOT}/{VAULT}@b1: "))
+            && run.stderr.contains(what),
+        "expected the first problem {what:?} in the error:\n{}",
+        run.stderr
+    );
 }
 
 #[test]
