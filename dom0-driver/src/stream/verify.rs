@@ -7,11 +7,13 @@
 //! its header), merges it into what the volume must hold, and checks every block's tag and that
 //! exactly the manifests' data blocks came. Nothing is written anywhere but dom0's scratch
 //! directory for the manifest bodies. A receiver that drained a stream and reported the right
-//! guid fails here. The final error names the first problem in full: a log or a mail from a
-//! timer may keep nothing else.
+//! guid fails here, and so does one that hides a manifest dom0 recorded storing on it (it
+//! would otherwise pass as an old, unverifiable backup). The final error names the first
+//! problem in full: a log or a mail from a timer may keep nothing else.
 
 use crate::error::{Error, Result};
 use crate::output::{human_bytes, outside};
+use crate::state::chains::{medium_id, Chains};
 use crate::state::{BackupState, SendState};
 use crate::stream::client::Client;
 use crate::stream::medium::{fetch_chain, NoChain};
@@ -115,7 +117,10 @@ pub fn verify(
             Some(s) => s,
             None => session.insert(connector.connect(qube)?),
         };
-        match read_back_one(s, root, &dataset, &dest, guid, key, &scratch, &mut run) {
+        let stored = stored_here(metadata_dir, qube, root, &dataset, guid, key);
+        match read_back_one(
+            s, root, &dataset, &dest, guid, stored, key, &scratch, &mut run,
+        ) {
             Ok(Some(summary)) => {
                 verified += 1;
                 run.say(
@@ -192,7 +197,28 @@ fn verdict(problems: &Problems, unverifiable: usize, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Reads one zvol snapshot back and checks it against its chain. `Ok(None)`: no manifest.
+/// The sequence number of the manifest of `dataset`'s snapshot `guid` if dom0 recorded that
+/// it stored it on this medium (its last header there is that snapshot's): then the medium
+/// must hold it, and listing none is a lie or a loss, not an old unauthenticated backup.
+fn stored_here(
+    metadata_dir: &Path,
+    qube: &str,
+    root: &qzb_protocol::DatasetName,
+    dataset: &str,
+    guid: u64,
+    key: &[u8; 32],
+) -> Option<u64> {
+    let medium = medium_id(qube, root.as_str());
+    // A record that does not verify is `send`'s to report; here it proves nothing.
+    let last = Chains::new(metadata_dir)
+        .last(&medium, dataset, key)
+        .ok()
+        .flatten()?;
+    (last.snapshot_guid == guid).then_some(last.seq)
+}
+
+/// Reads one zvol snapshot back and checks it against its chain. `Ok(None)`: no manifest
+/// (an error if dom0 recorded storing it there: `stored`, see [`stored_here`]).
 #[allow(clippy::too_many_arguments)]
 fn read_back_one(
     session: &mut Client,
@@ -200,13 +226,21 @@ fn read_back_one(
     dataset: &str,
     dest: &qzb_protocol::SnapshotName,
     guid: u64,
+    stored: Option<u64>,
     key: &[u8; 32],
     scratch: &Path,
     run: &mut Run,
 ) -> Result<Option<qzb_protocol::manifest::BlockCheckSummary>> {
     let chain = match fetch_chain(session, root, dataset, guid, key, scratch)? {
         Ok(chain) => chain,
-        Err(NoChain::NoManifest) => return Ok(None),
+        Err(NoChain::NoManifest) => {
+            return match stored {
+                Some(seq) => Err(Error::Security(format!(
+                    "the receiver lists no manifest of it, but dom0 stored one on this medium (sequence number {seq}): it was removed, or the receiver hides it"
+                ))),
+                None => Ok(None),
+            }
+        }
     };
     let open =
         |chain: &crate::stream::medium::FetchedChain| -> Result<ChainMerge<BufReader<File>>> {

@@ -399,6 +399,8 @@ enum Lie {
     ExtraBlock,
     /// Flips byte `at` of the blob whose name ends with `suffix` as dom0 reads it.
     FlippedBlob { suffix: &'static str, at: usize },
+    /// Lists no manifest, as if the backup had been sent without a key.
+    HiddenManifests,
     /// Serves a manifest it made itself, of an empty volume (its header MAC'd with a key of
     /// its own), in place of dom0's, and reads back nothing: a lie consistent in itself.
     ForgedManifest,
@@ -562,6 +564,9 @@ fn liar(
                 let blobs = m
                     .blobs
                     .iter()
+                    .filter(|(n, _)| {
+                        !(matches!(lie, Lie::HiddenManifests) && n.starts_with("manifests/"))
+                    })
                     .map(|(n, b)| proto::BlobInfo {
                         name: proto::BlobName::parse(n).unwrap(),
                         len: b.len() as u64,
@@ -614,7 +619,7 @@ fn liar(
                 let bs = req.volblocksize;
                 let mut blocks = medium.lock().unwrap().blocks(req.snapshot.as_str(), bs);
                 match lie {
-                    Lie::Faithful | Lie::FlippedBlob { .. } => {}
+                    Lie::Faithful | Lie::FlippedBlob { .. } | Lie::HiddenManifests => {}
                     Lie::Zeroes => blocks.iter_mut().for_each(|(_, b)| b.fill(0)),
                     Lie::Nothing | Lie::ForgedManifest => blocks.clear(),
                     Lie::AlteredBlock(n) => blocks[n].1[100] ^= 1,
@@ -955,5 +960,16 @@ fn a_liar_serving_its_own_manifest_of_an_empty_volume_fails_on_the_mac() {
         &world,
         &liar,
         "manifest header MAC does not match; it was altered, or made with another key",
+    );
+}
+
+#[test]
+fn a_liar_hiding_the_manifest_dom0_stored_is_a_failure_not_an_unverifiable_backup() {
+    let world = World::with_zvol();
+    let (liar, _, _) = fooled(&world, Lie::HiddenManifests);
+    assert_caught(
+        &world,
+        &liar,
+        "the receiver lists no manifest of it, but dom0 stored one on this medium (sequence number 0)",
     );
 }
