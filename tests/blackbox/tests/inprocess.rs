@@ -19,7 +19,7 @@ use qzb_protocol as proto;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -28,6 +28,37 @@ const DEST: &str = "backuppool/backups/mydesktop/mainpool/shared";
 /// Generous: only a guard against a hang, never reached by a working test.
 const TIMEOUT: Duration = Duration::from_secs(300);
 
+/// Who may run beside whom. The driver's backup lock is a `flock` on an open file: a child
+/// that another test's thread forks while the lock is held shares that open file until it
+/// execs, so a test that releases the lock and takes it again at once (`send` then `send`
+/// or `abort`) can find it still held: "in use by another process". Such a test runs alone
+/// (it takes this for writing); every other test takes it for reading, from before its
+/// first child process to its end.
+static TURNS: RwLock<()> = RwLock::new(());
+
+enum Turn {
+    Beside {
+        _guard: RwLockReadGuard<'static, ()>,
+    },
+    Alone {
+        _guard: RwLockWriteGuard<'static, ()>,
+    },
+}
+
+impl Turn {
+    fn beside() -> Turn {
+        Turn::Beside {
+            _guard: TURNS.read().unwrap_or_else(PoisonError::into_inner),
+        }
+    }
+
+    fn alone() -> Turn {
+        Turn::Alone {
+            _guard: TURNS.write().unwrap_or_else(PoisonError::into_inner),
+        }
+    }
+}
+
 /// A fake system with a backup imported (by the real binary), plus a second tool directory
 /// whose fakes act as the backup qube.
 struct World {
@@ -35,23 +66,42 @@ struct World {
     agent_bin: std::path::PathBuf,
     /// The backup the tests send and verify.
     name: &'static str,
+    /// Held to the end of the test (dropped after the system).
+    _turn: Turn,
 }
 
 impl World {
     /// The `shared` backup: three filesystems, 4 MiB per snapshot, no key.
     fn new() -> World {
-        World::around(FakeSystem::with_shared_backup(4 << 20, false), "shared")
+        let turn = Turn::beside();
+        World::around(
+            FakeSystem::with_shared_backup(4 << 20, false),
+            "shared",
+            turn,
+        )
+    }
+
+    /// [`World::new`] for a test that takes the backup's lock more than once: no other test
+    /// runs beside it (see [`TURNS`]).
+    fn alone() -> World {
+        let turn = Turn::alone();
+        World::around(
+            FakeSystem::with_shared_backup(4 << 20, false),
+            "shared",
+            turn,
+        )
     }
 
     /// The `vols` backup of one zvol ([`VAULT`], 1 MiB of data: 64 blocks of 16 KiB, some of
     /// them holes), with a key: its send is authenticated, and `verify` reads it back.
     fn with_zvol() -> World {
+        let turn = Turn::beside();
         let sys = FakeSystem::with_zvol_backup(1 << 20);
         sys.init_key();
-        World::around(sys, "vols")
+        World::around(sys, "vols", turn)
     }
 
-    fn around(sys: FakeSystem, name: &'static str) -> World {
+    fn around(sys: FakeSystem, name: &'static str, turn: Turn) -> World {
         // The backup qube's tools: the same fakes, acting on the receiver's host file.
         let agent_bin = sys.dir.join("agent-bin");
         let out = std::process::Command::new(bin("qzb-fake"))
@@ -72,6 +122,7 @@ impl World {
             sys,
             agent_bin,
             name,
+            _turn: turn,
         }
     }
 
@@ -667,7 +718,7 @@ fn a_backup_runs_in_process_and_verifies() {
 
 #[test]
 fn an_interrupted_send_resumes_from_the_receivers_token() {
-    let world = World::new();
+    let world = World::alone();
     world
         .sys
         .set_fake_env("QZB_FAKE_SEND_DIE_AFTER", (3u64 << 20).to_string());
@@ -727,7 +778,7 @@ fn a_receiver_that_keeps_saying_it_waits_is_refused_at_the_second_notice() {
 
 #[test]
 fn abort_discards_the_partial_receive() {
-    let world = World::new();
+    let world = World::alone();
     world
         .sys
         .set_fake_env("QZB_FAKE_SEND_DIE_AFTER", (3u64 << 20).to_string());
@@ -745,7 +796,7 @@ fn abort_discards_the_partial_receive() {
 
 #[test]
 fn a_receiver_agent_dying_mid_frame_is_named_with_what_to_do() {
-    let world = World::new();
+    let world = World::alone();
     // Past the hello and the first requests, inside the first data frame's payload.
     let agent = InMemory::new(
         &world,
