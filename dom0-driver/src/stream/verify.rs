@@ -7,12 +7,16 @@
 //! its header), merges it into what the volume must hold, and checks every block's tag and that
 //! exactly the manifests' data blocks came. Nothing is written anywhere but dom0's scratch
 //! directory for the manifest bodies. A receiver that drained a stream and reported the right
-//! guid fails here. Last, the backup's newest set index and its settings (`sets.rs`): both
-//! MACs, that it is the index dom0 stored last, and that it agrees with dom0's state.
+//! guid fails here, and so does one that hides a manifest dom0 recorded storing on it (it
+//! would otherwise pass as an old, unverifiable backup). The final error names the first
+//! problem in full: a log or a mail from a timer may keep nothing else. Last, the backup's
+//! newest set index and its settings (`sets.rs`): both MACs, that it is the index dom0 stored
+//! last, and that it agrees with dom0's state.
 
 use crate::error::{Error, Result};
 use crate::key::Keys;
 use crate::output::{human_bytes, outside};
+use crate::state::chains::{medium_id, Chains};
 use crate::state::{BackupState, SendState};
 use crate::stream::client::Client;
 use crate::stream::medium::{fetch_chain, NoChain};
@@ -69,21 +73,22 @@ pub fn verify(
     let rx = inventory(&mut session, root)?;
 
     // The quick check: every done target's snapshot, by guid.
-    let mut bad = 0;
+    let mut problems = Problems::default();
     for t in &done {
         let dest = on_receiver(root, &t.target.snapshot)?;
         match (rx.snapshot_guid(&dest), t.target.guid) {
             (Some(r), Some(s)) if r == s => crate::outln!("ok        {dest} (guid)"),
             (Some(r), s) => {
-                bad += 1;
-                crate::outln!(
-                    "MISMATCH  {dest}: receiver guid {r}, source {}",
+                let what = format!(
+                    "{dest}: receiver guid {r}, source {}",
                     s.map(|g| g.to_string()).unwrap_or("-".into())
                 );
+                crate::outln!("MISMATCH  {what}");
+                problems.add(what);
             }
             (None, _) => {
-                bad += 1;
                 crate::outln!("MISSING   {dest}");
+                problems.add(format!("{dest} is missing on the receiver"));
             }
         }
     }
@@ -91,10 +96,11 @@ pub fn verify(
     let Some(keys) = keys else {
         let _ = session.close();
         crate::outln!(
-            "{} done target(s) checked by guid, {bad} problem(s); {pending} target(s) not sent yet",
-            done.len()
+            "{} done target(s) checked by guid, {} problem(s); {pending} target(s) not sent yet",
+            done.len(),
+            problems.count
         );
-        return verdict(bad, 0, &state.name);
+        return verdict(&problems, 0, &state.name);
     };
 
     // The read-back of every done zvol target.
@@ -116,7 +122,10 @@ pub fn verify(
             Some(s) => s,
             None => session.insert(connector.connect(qube)?),
         };
-        match read_back_one(s, root, &dataset, &dest, guid, key, &scratch, &mut run) {
+        let stored = stored_here(metadata_dir, qube, root, &dataset, guid, key);
+        match read_back_one(
+            s, root, &dataset, &dest, guid, stored, key, &scratch, &mut run,
+        ) {
             Ok(Some(summary)) => {
                 verified += 1;
                 run.say(
@@ -138,11 +147,12 @@ pub fn verify(
                 );
             }
             Err(e) => {
-                bad += 1;
+                let what = format!("{dest}: {}", outside(&e.to_string()));
                 run.say(
-                    format_args!("FAILED    {dest}: {}", outside(&e.to_string())),
+                    format_args!("FAILED    {what}"),
                     json!({"event": "failed", "snapshot": dest.to_string(), "error": e.to_string()}),
                 );
+                problems.add(what);
                 // The session may be out of step after a refused read-back: start afresh.
                 if let Some(s) = session.take() {
                     let _ = s.close();
@@ -164,19 +174,21 @@ pub fn verify(
             );
         }
         Err(e) => {
-            bad += 1;
-            crate::outln!("FAILED    set index: {}", outside(&e.to_string()));
+            let what = format!("set index: {}", outside(&e.to_string()));
+            crate::outln!("FAILED    {what}");
+            problems.add(what);
         }
     }
     if let Some(s) = session.take() {
         let _ = s.close();
     }
     crate::outln!(
-        "{} done target(s) checked by guid, {verified} zvol(s) read back and verified, {} unverifiable, {bad} problem(s); {pending} target(s) not sent yet",
+        "{} done target(s) checked by guid, {verified} zvol(s) read back and verified, {} unverifiable, {} problem(s); {pending} target(s) not sent yet",
         done.len(),
-        unverifiable.len()
+        unverifiable.len(),
+        problems.count
     );
-    verdict(bad, unverifiable.len(), &state.name)
+    verdict(&problems, unverifiable.len(), &state.name)
 }
 
 enum SetCheck {
@@ -224,10 +236,26 @@ fn check_set(
     )))
 }
 
-fn verdict(bad: usize, unverifiable: usize, name: &str) -> Result<()> {
-    if bad > 0 {
+/// The problems verify found: how many, and the first in full, for the final error (which is
+/// all that a log or a mail from a timer may keep).
+#[derive(Default)]
+struct Problems {
+    count: usize,
+    first: Option<String>,
+}
+
+impl Problems {
+    fn add(&mut self, what: String) {
+        self.count += 1;
+        self.first.get_or_insert(what);
+    }
+}
+
+fn verdict(problems: &Problems, unverifiable: usize, name: &str) -> Result<()> {
+    if let Some(first) = &problems.first {
         return Err(Error::Send(format!(
-            "verify found {bad} problem(s): the medium does not hold what dom0 sent (listed above)"
+            "verify found {} problem(s), the medium does not hold what dom0 sent; the first: {first} (all listed above)",
+            problems.count
         )));
     }
     if unverifiable > 0 {
@@ -238,7 +266,28 @@ fn verdict(bad: usize, unverifiable: usize, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Reads one zvol snapshot back and checks it against its chain. `Ok(None)`: no manifest.
+/// The sequence number of the manifest of `dataset`'s snapshot `guid` if dom0 recorded that
+/// it stored it on this medium (its last header there is that snapshot's): then the medium
+/// must hold it, and listing none is a lie or a loss, not an old unauthenticated backup.
+fn stored_here(
+    metadata_dir: &Path,
+    qube: &str,
+    root: &qzb_protocol::DatasetName,
+    dataset: &str,
+    guid: u64,
+    key: &[u8; 32],
+) -> Option<u64> {
+    let medium = medium_id(qube, root.as_str());
+    // A record that does not verify is `send`'s to report; here it proves nothing.
+    let last = Chains::new(metadata_dir)
+        .last(&medium, dataset, key)
+        .ok()
+        .flatten()?;
+    (last.snapshot_guid == guid).then_some(last.seq)
+}
+
+/// Reads one zvol snapshot back and checks it against its chain. `Ok(None)`: no manifest
+/// (an error if dom0 recorded storing it there: `stored`, see [`stored_here`]).
 #[allow(clippy::too_many_arguments)]
 fn read_back_one(
     session: &mut Client,
@@ -246,13 +295,21 @@ fn read_back_one(
     dataset: &str,
     dest: &qzb_protocol::SnapshotName,
     guid: u64,
+    stored: Option<u64>,
     key: &[u8; 32],
     scratch: &Path,
     run: &mut Run,
 ) -> Result<Option<qzb_protocol::manifest::BlockCheckSummary>> {
     let chain = match fetch_chain(session, root, dataset, guid, key, scratch)? {
         Ok(chain) => chain,
-        Err(NoChain::NoManifest) => return Ok(None),
+        Err(NoChain::NoManifest) => {
+            return match stored {
+                Some(seq) => Err(Error::Security(format!(
+                    "the receiver lists no manifest of it, but dom0 stored one on this medium (sequence number {seq}): it was removed, or the receiver hides it"
+                ))),
+                None => Ok(None),
+            }
+        }
     };
     let open =
         |chain: &crate::stream::medium::FetchedChain| -> Result<ChainMerge<BufReader<File>>> {

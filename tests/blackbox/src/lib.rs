@@ -307,6 +307,61 @@ impl FakeSystem {
     }
 }
 
+/// A backup `name` of the datasets `members` (group `vols`), target `@target`, from `since`
+/// (`beginning` or a quoted `"@snap"`), into `backuppool/backups/mydesktop` on `backups-disp`;
+/// no snapshot creation, no patching, no progressive sends, origins not honoured.
+pub fn datasets_config(name: &str, target: &str, since: &str, members: &[&str]) -> String {
+    format!(
+        r#"name: {name}
+scope:
+  target-snapshot: "@{target}"
+  since: {since}
+  progressive: no
+  honour-origins: no
+allowed-behaviours:
+  snapshot-creation: no
+  patching: no
+receiver:
+  qube: backups-disp
+  dataset: backuppool/backups/mydesktop
+include-groups: [vols]
+forgo-groups: []
+void-groups: []
+vols:
+  type: datasets
+  members: [{}]
+"#,
+        members.join(", ")
+    )
+}
+
+/// The zvol the `vols` backup of [`FakeSystem::with_zvol_backup`] holds.
+pub const VAULT: &str = "mainpool/qubes/vault/private";
+
+impl FakeSystem {
+    /// The reference system with the vault's private volume ([`VAULT`]) at `size` bytes of
+    /// data, and the backup `vols` of it (target @b1, a full send) imported.
+    pub fn with_zvol_backup(size: u64) -> FakeSystem {
+        let sys = FakeSystem::new("reference-system");
+        let path = sys.state.join("dom0.json");
+        let text = std::fs::read_to_string(&path).expect("dom0.json");
+        let mut v: serde_json::Value = serde_json::from_str(&text).expect("dom0.json is JSON");
+        for s in v["zfs"]["datasets"][VAULT]["snapshots"]
+            .as_array_mut()
+            .expect("the vault's snapshots")
+        {
+            s["size"] = size.into();
+        }
+        std::fs::write(&path, serde_json::to_string_pretty(&v).expect("JSON")).expect("write");
+        let file = sys.write(
+            "vols.yaml",
+            &datasets_config("vols", "b1", "beginning", &[VAULT]),
+        );
+        sys.driver(&["import", &file]).expect(0);
+        sys
+    }
+}
+
 /// A finished run: exit code and text output.
 #[derive(Debug)]
 pub struct Run {

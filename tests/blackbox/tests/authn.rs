@@ -4,58 +4,14 @@
 //! back and checks every block. A backup qube that returns altered, missing or extra blocks, or
 //! a medium whose stored manifests were changed, fails `verify` with a clear message.
 
-use qzb_blackbox_tests::{FakeSystem, Run};
+use qzb_blackbox_tests::{datasets_config as config, FakeSystem, Run, VAULT};
 use serde_json::Value;
 
-const VAULT: &str = "mainpool/qubes/vault/private";
 const WORK: &str = "mainpool/qubes/work/private";
 const ROOT: &str = "backuppool/backups/mydesktop";
 
-fn config(name: &str, target: &str, since: &str, members: &[&str]) -> String {
-    format!(
-        r#"name: {name}
-scope:
-  target-snapshot: "@{target}"
-  since: {since}
-  progressive: no
-  honour-origins: no
-allowed-behaviours:
-  snapshot-creation: no
-  patching: no
-receiver:
-  qube: backups-disp
-  dataset: {ROOT}
-include-groups: [vols]
-forgo-groups: []
-void-groups: []
-vols:
-  type: datasets
-  members: [{}]
-"#,
-        members.join(", ")
-    )
-}
-
-/// The reference system with the vault's private volume at `size` bytes of data, and the
-/// backup `vols` of it (target @b1) imported.
-fn setup(size: u64) -> FakeSystem {
-    let sys = FakeSystem::new("reference-system");
-    let path = sys.state.join("dom0.json");
-    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    for s in v["zfs"]["datasets"][VAULT]["snapshots"]
-        .as_array_mut()
-        .unwrap()
-    {
-        s["size"] = size.into();
-    }
-    std::fs::write(&path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
-    let file = sys.write("vols.yaml", &config("vols", "b1", "beginning", &[VAULT]));
-    sys.driver(&["import", &file]).expect(0);
-    sys
-}
-
 fn keyed(size: u64) -> FakeSystem {
-    let sys = setup(size);
+    let sys = FakeSystem::with_zvol_backup(size);
     sys.init_key();
     sys
 }
@@ -88,6 +44,14 @@ fn assert_failed(run: &Run, what: &str) {
         run.stdout.contains(&format!("FAILED    {ROOT}/{VAULT}@b1")) && run.stdout.contains(what),
         "expected FAILED with {what:?}:\n{}",
         run.stdout
+    );
+    // The final error repeats the first problem: a log may keep nothing else.
+    assert!(
+        run.stderr
+            .contains(&format!("the first: {ROOT}/{VAULT}@b1: "))
+            && run.stderr.contains(what),
+        "expected the first problem {what:?} in the error:\n{}",
+        run.stderr
     );
 }
 
@@ -164,7 +128,7 @@ fn a_flipped_byte_in_a_stored_manifest_header_or_body_fails_verify() {
 
 #[test]
 fn a_backup_sent_without_a_key_is_reported_unverifiable_not_verified() {
-    let sys = setup(1 << 20);
+    let sys = FakeSystem::with_zvol_backup(1 << 20);
     let run = sys.driver(&["send", "vols"]);
     run.expect(0);
     assert!(run.stdout.contains("not authenticated"), "{}", run.stdout);

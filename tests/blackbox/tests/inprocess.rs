@@ -2,6 +2,11 @@
 //! pipes instead of qrexec, with the fake `zfs` on both sides (dom0's through the driver's own
 //! process runner, the backup qube's through the agent's `SystemZfs`). The place for protocol
 //! and hostile-receiver scenarios: no sleeps, no clocks; every wait is on an event.
+//!
+//! The [`liar`] is the backup qube `verify` exists for: it swallows a zvol's stream, receives
+//! nothing, reports the right guid (so `verify --quick` passes) and then lies on the read-back
+//! or about the stored manifests; full `verify` must fail (exit 8) naming the snapshot and the
+//! first problem. Its faithful twin, which replays what it swallowed, passes: the control.
 
 use dom0_driver::error::Error;
 use dom0_driver::state::{SendState, Store};
@@ -9,11 +14,12 @@ use dom0_driver::stream::client::{Client, Peer};
 use dom0_driver::stream::progress::Mode;
 use dom0_driver::stream::qrexec::Connect;
 use dom0_driver::system::runner::SystemRunner;
-use qzb_blackbox_tests::{bin, FakeSystem};
+use qzb_blackbox_tests::{bin, FakeSystem, VAULT};
 use qzb_protocol as proto;
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -22,16 +28,80 @@ const DEST: &str = "backuppool/backups/mydesktop/mainpool/shared";
 /// Generous: only a guard against a hang, never reached by a working test.
 const TIMEOUT: Duration = Duration::from_secs(300);
 
-/// A fake system with the `shared` backup imported (by the real binary), plus a second tool
-/// directory whose fakes act as the backup qube.
+/// Who may run beside whom. The driver's backup lock is a `flock` on an open file: a child
+/// that another test's thread forks while the lock is held shares that open file until it
+/// execs, so a test that releases the lock and takes it again at once (`send` then `send`
+/// or `abort`) can find it still held: "in use by another process". Such a test runs alone
+/// (it takes this for writing); every other test takes it for reading, from before its
+/// first child process to its end.
+static TURNS: RwLock<()> = RwLock::new(());
+
+enum Turn {
+    Beside {
+        _guard: RwLockReadGuard<'static, ()>,
+    },
+    Alone {
+        _guard: RwLockWriteGuard<'static, ()>,
+    },
+}
+
+impl Turn {
+    fn beside() -> Turn {
+        Turn::Beside {
+            _guard: TURNS.read().unwrap_or_else(PoisonError::into_inner),
+        }
+    }
+
+    fn alone() -> Turn {
+        Turn::Alone {
+            _guard: TURNS.write().unwrap_or_else(PoisonError::into_inner),
+        }
+    }
+}
+
+/// A fake system with a backup imported (by the real binary), plus a second tool directory
+/// whose fakes act as the backup qube.
 struct World {
     sys: FakeSystem,
     agent_bin: std::path::PathBuf,
+    /// The backup the tests send and verify.
+    name: &'static str,
+    /// Held to the end of the test (dropped after the system).
+    _turn: Turn,
 }
 
 impl World {
+    /// The `shared` backup: three filesystems, 4 MiB per snapshot, no key.
     fn new() -> World {
-        let sys = FakeSystem::with_shared_backup(4 << 20, false);
+        let turn = Turn::beside();
+        World::around(
+            FakeSystem::with_shared_backup(4 << 20, false),
+            "shared",
+            turn,
+        )
+    }
+
+    /// [`World::new`] for a test that takes the backup's lock more than once: no other test
+    /// runs beside it (see [`TURNS`]).
+    fn alone() -> World {
+        let turn = Turn::alone();
+        World::around(
+            FakeSystem::with_shared_backup(4 << 20, false),
+            "shared",
+            turn,
+        )
+    }
+
+    /// The `vols` backup of one zvol ([`VAULT`], 1 MiB of data: 64 blocks of 16 KiB, some of
+    /// them holes), with a key: its send is authenticated, and `verify` reads it back.
+    fn with_zvol() -> World {
+        let turn = Turn::beside();
+        let sys = FakeSystem::with_zvol_backup(1 << 20);
+        sys.init_key();
+        World::around(sys, "vols", turn)
+    }
+
+    fn around(sys: FakeSystem, name: &'static str, turn: Turn) -> World {
         // The backup qube's tools: the same fakes, acting on the receiver's host file.
         let agent_bin = sys.dir.join("agent-bin");
         let out = std::process::Command::new(bin("qzb-fake"))
@@ -48,7 +118,12 @@ impl World {
             ),
         )
         .unwrap();
-        World { sys, agent_bin }
+        World {
+            sys,
+            agent_bin,
+            name,
+            _turn: turn,
+        }
     }
 
     fn runner(&self) -> SystemRunner {
@@ -69,13 +144,24 @@ impl World {
             &self.store(),
             &self.runner(),
             connector,
-            "shared",
+            self.name,
+            Mode::Lines,
+        )
+    }
+
+    /// `verify` (`--quick`: the guid check alone).
+    fn verify(&self, connector: &InMemory, quick: bool) -> Result<(), Error> {
+        dom0_driver::commands::receiver::verify(
+            &self.store(),
+            connector,
+            self.name,
+            quick,
             Mode::Lines,
         )
     }
 
     fn states(&self) -> Vec<SendState> {
-        let state = self.store().load("shared").unwrap();
+        let state = self.store().load(self.name).unwrap();
         state.targets.iter().map(|t| t.send_state).collect()
     }
 
@@ -111,6 +197,9 @@ enum Agent {
     Real { cut_after: Option<u64> },
     /// A compromised backup qube, written against the protocol crate.
     Hostile(Hostile),
+    /// A compromised backup qube that keeps nothing in ZFS and lies about it (see [`liar`]);
+    /// what it pretends to hold lasts across its sessions.
+    Liar(Lie, Arc<Mutex<LiarMedium>>),
 }
 
 #[derive(Clone, Copy)]
@@ -127,6 +216,7 @@ enum Hostile {
 struct InMemory {
     agent_bin: std::path::PathBuf,
     lock: std::path::PathBuf,
+    meta_base: std::path::PathBuf,
     agent: Agent,
 }
 
@@ -135,19 +225,31 @@ impl InMemory {
         InMemory {
             agent_bin: world.agent_bin.clone(),
             lock: world.sys.dir.join("receive.lock"),
+            meta_base: world.sys.meta_base(),
             agent,
         }
     }
 }
 
 /// The agent's thread, as the client's peer: the call ends when the thread does.
-struct ThreadPeer(Mutex<Option<JoinHandle<Result<(), String>>>>);
+struct ThreadPeer {
+    thread: Mutex<Option<JoinHandle<Result<(), String>>>>,
+    /// A second reader of the agent's output. After the client closed its side it reads no
+    /// more, and an agent in the middle of a read-back or a blob would block on a full pipe
+    /// for ever; the real call's end (the qrexec client killed) is this: what it still says
+    /// goes nowhere, until it sees our end of its input and stops.
+    output: Mutex<Option<std::io::PipeReader>>,
+}
 
 impl Peer for ThreadPeer {
     fn hang_up(&self) {}
 
     fn end(&self) -> Option<String> {
-        let handle = self.0.lock().unwrap().take()?;
+        let handle = self.thread.lock().unwrap().take()?;
+        if let Some(mut rest) = self.output.lock().unwrap().take() {
+            // Ends when the agent's thread drops its writer, i.e. when the thread ends.
+            let _ = std::io::copy(&mut rest, &mut std::io::sink());
+        }
         match handle.join() {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(format!("the agent ended with: {e}")),
@@ -160,13 +262,16 @@ impl Connect for InMemory {
     fn connect(&self, _qube: &str) -> Result<Client, Error> {
         let (from_driver, to_agent) = std::io::pipe().unwrap();
         let (from_agent, to_driver) = std::io::pipe().unwrap();
+        let output = from_agent.try_clone().unwrap();
         let agent = self.agent.clone();
         let zfs = self.agent_bin.join("zfs").display().to_string();
         let lock = self.lock.clone();
+        let meta_base = self.meta_base.clone();
         let handle = std::thread::spawn(move || match agent {
             Agent::Real { cut_after } => {
                 let config = receiver_agent::Config {
                     lock_path: lock,
+                    meta_base: Some(meta_base),
                     ..Default::default()
                 };
                 let zfs = receiver_agent::SystemZfs::with_program(zfs);
@@ -174,7 +279,7 @@ impl Connect for InMemory {
                     return receiver_agent::serve(&config, &zfs, from_driver, to_driver)
                         .map_err(|e| e.to_string());
                 };
-                let dead = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let dead = Arc::new(std::sync::atomic::AtomicBool::new(false));
                 let reader = Dies {
                     inner: Some(from_driver),
                     left: n,
@@ -187,8 +292,12 @@ impl Connect for InMemory {
                 receiver_agent::serve(&config, &zfs, reader, writer).map_err(|e| e.to_string())
             }
             Agent::Hostile(mode) => hostile(mode, from_driver, to_driver),
+            Agent::Liar(lie, medium) => liar(lie, &medium, from_driver, to_driver),
         });
-        let peer = std::sync::Arc::new(ThreadPeer(Mutex::new(Some(handle))));
+        let peer = Arc::new(ThreadPeer {
+            thread: Mutex::new(Some(handle)),
+            output: Mutex::new(Some(output)),
+        });
         Client::start(Box::new(from_agent), Box::new(to_agent), peer, TIMEOUT)
     }
 }
@@ -198,7 +307,7 @@ impl Connect for InMemory {
 struct Dies {
     inner: Option<std::io::PipeReader>,
     left: u64,
-    dead: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    dead: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Read for Dies {
@@ -218,7 +327,7 @@ impl Read for Dies {
 /// The agent's output, closed the moment [`Dies`] fires.
 struct Mute {
     inner: Option<std::io::PipeWriter>,
-    dead: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    dead: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Write for Mute {
@@ -309,11 +418,286 @@ fn hostile(
             proto::Request::Abort(req) => proto::Reply::Aborted {
                 dataset: req.dataset,
             },
-            // Blob and read-back misbehaviour: tests/blobs.rs.
+            // Blob and read-back lies: `liar` below; blob misbehaviour: tests/blobs.rs.
             _ => proto::Reply::Error(proto::ErrorReply {
                 class: proto::ErrorClass::InvalidRequest,
                 message: "not supported by this hostile agent".into(),
             }),
+        };
+        proto::write_reply(&mut w, &reply).map_err(e)?;
+        w.flush().map_err(|x| x.to_string())?;
+    }
+    Ok(())
+}
+
+/// How the [`liar`] lies, beyond swallowing every stream and reporting the right guid.
+#[derive(Clone, Copy)]
+enum Lie {
+    /// No further lie: it replays, from memory, exactly the blocks of the stream it swallowed
+    /// (the control: nothing on the medium, yet nothing verify could tell).
+    Faithful,
+    /// Reads back every data block as zeros, at the right offsets.
+    Zeroes,
+    /// Reads back no block at all (an empty volume).
+    Nothing,
+    /// Flips one byte of the n-th block read back.
+    AlteredBlock(usize),
+    /// Leaves out the n-th block.
+    DroppedBlock(usize),
+    /// Reads the n-th and the next block back at each other's offset.
+    SwappedBlocks(usize),
+    /// Adds a non-zero block right after the last one, where the volume holds zeros.
+    ExtraBlock,
+    /// Flips byte `at` of the blob whose name ends with `suffix` as dom0 reads it.
+    FlippedBlob { suffix: &'static str, at: usize },
+    /// Lists no manifest, as if the backup had been sent without a key.
+    HiddenManifests,
+    /// Serves a manifest it made itself, of an empty volume (its header MAC'd with a key of
+    /// its own), in place of dom0's, and reads back nothing: a lie consistent in itself.
+    ForgedManifest,
+}
+
+/// What the [`liar`] pretends to hold: nothing of it in ZFS.
+#[derive(Default)]
+struct LiarMedium {
+    /// Snapshots it claims, in the order "received": name, guid, kind.
+    snapshots: Vec<(proto::SnapshotName, u64, proto::DatasetKind)>,
+    /// The streams it swallowed, by snapshot name.
+    streams: BTreeMap<String, Vec<u8>>,
+    /// The blobs dom0 stored, by name.
+    blobs: BTreeMap<String, Vec<u8>>,
+}
+
+impl LiarMedium {
+    /// The non-zero blocks of object 1 in the stream it swallowed for `snapshot`: what an
+    /// honest agent's read-back sends.
+    fn blocks(&self, snapshot: &str, volblocksize: u64) -> Vec<(u64, Vec<u8>)> {
+        let Some(stream) = self.streams.get(snapshot) else {
+            return Vec::new();
+        };
+        let mut tap = proto::zstream::Tap::new(Blocks {
+            volblocksize: volblocksize as usize,
+            blocks: Vec::new(),
+        });
+        tap.feed(stream).unwrap();
+        tap.finish().unwrap();
+        tap.into_sink().blocks
+    }
+
+    /// The names of the blobs it holds that end with `suffix`.
+    fn blob_names(&self, suffix: &str) -> Vec<String> {
+        self.blobs
+            .keys()
+            .filter(|n| n.ends_with(suffix))
+            .cloned()
+            .collect()
+    }
+}
+
+/// Collects the non-zero `volblocksize` blocks of object 1's WRITE records.
+struct Blocks {
+    volblocksize: usize,
+    blocks: Vec<(u64, Vec<u8>)>,
+}
+
+impl proto::zstream::Sink for Blocks {
+    fn on_write(&mut self, w: &proto::zstream::Write<'_>) {
+        if w.object != 1 {
+            return;
+        }
+        assert!(w.is_plain(), "dom0 sends zvols without -c");
+        for (i, block) in w.payload.chunks(self.volblocksize).enumerate() {
+            if block.iter().any(|&b| b != 0) {
+                let offset = w.offset + (i * self.volblocksize) as u64;
+                self.blocks.push((offset, block.to_vec()));
+            }
+        }
+    }
+}
+
+/// A compromised backup qube that receives nothing into ZFS: it drains every stream (keeping
+/// its bytes in memory), reports the snapshot received with the guid dom0 asked for, lists it
+/// in its inventory, keeps dom0's blobs, and lies as `lie` says when dom0 reads back.
+fn liar(
+    lie: Lie,
+    medium: &Mutex<LiarMedium>,
+    mut r: std::io::PipeReader,
+    mut w: std::io::PipeWriter,
+) -> Result<(), String> {
+    let e = |e: proto::ProtocolError| e.to_string();
+    proto::send_hello(&mut w, proto::Role::Receiver).map_err(e)?;
+    proto::expect_hello(&mut r, proto::Role::Driver).map_err(e)?;
+    let mut buf = Vec::new();
+    // The data frames of a receive or a blob, verified as the real agent does (so that what
+    // it keeps is what dom0 sent); `None` when dom0 ended without an end frame.
+    let mut take_stream = |r: &mut std::io::PipeReader| -> Result<Option<Vec<u8>>, String> {
+        let mut verifier = proto::StreamVerifier::new();
+        let mut bytes = Vec::new();
+        loop {
+            match proto::read_frame(r, &mut buf).map_err(e)? {
+                Some(proto::FrameKind::Data) => {
+                    bytes.extend_from_slice(verifier.verify_data(&buf).map_err(e)?)
+                }
+                Some(proto::FrameKind::End) => {
+                    verifier.verify_end(&buf).map_err(e)?;
+                    return Ok(Some(bytes));
+                }
+                Some(other) => return Err(format!("a {} frame in a stream", other.name())),
+                None => return Ok(None),
+            }
+        }
+    };
+    let mut req_buf = Vec::new();
+    while let Some(request) = proto::read_request(&mut r, &mut req_buf).map_err(e)? {
+        let reply = match request {
+            proto::Request::Inventory(req) => {
+                let m = medium.lock().unwrap();
+                let mut datasets: BTreeMap<String, proto::DatasetInfo> = BTreeMap::new();
+                for (i, (snap, guid, kind)) in m.snapshots.iter().enumerate() {
+                    let ds = snap.dataset();
+                    let info =
+                        datasets
+                            .entry(ds.as_str().to_owned())
+                            .or_insert(proto::DatasetInfo {
+                                name: ds.clone(),
+                                kind: *kind,
+                                guid: guid ^ 1,
+                                receive_resume_token: None,
+                                snapshots: Vec::new(),
+                            });
+                    info.snapshots.push(proto::SnapshotInfo {
+                        name: snap.clone(),
+                        guid: *guid,
+                        createtxg: i as u64 + 1,
+                    });
+                }
+                proto::Reply::Inventory(proto::InventoryReply {
+                    root: req.root,
+                    available: 1 << 40,
+                    datasets: datasets.into_values().collect(),
+                })
+            }
+            proto::Request::Receive(req) => {
+                proto::write_reply(&mut w, &proto::Reply::ReceiveReady).map_err(e)?;
+                w.flush().map_err(|x| x.to_string())?;
+                let Some(stream) = take_stream(&mut r)? else {
+                    return Ok(());
+                };
+                let bytes = stream.len() as u64;
+                let mut m = medium.lock().unwrap();
+                m.streams.insert(req.snapshot.to_string(), stream);
+                m.snapshots.push((req.snapshot.clone(), req.guid, req.kind));
+                proto::Reply::Receive(proto::ReceiveResult::Ok {
+                    snapshot: req.snapshot,
+                    guid: req.guid,
+                    bytes,
+                })
+            }
+            proto::Request::PutBlob(req) => {
+                proto::write_reply(&mut w, &proto::Reply::BlobReady).map_err(e)?;
+                w.flush().map_err(|x| x.to_string())?;
+                let Some(bytes) = take_stream(&mut r)? else {
+                    return Ok(());
+                };
+                let len = bytes.len() as u64;
+                medium
+                    .lock()
+                    .unwrap()
+                    .blobs
+                    .insert(req.name.as_str().to_owned(), bytes);
+                proto::Reply::BlobStored {
+                    name: req.name,
+                    len,
+                }
+            }
+            proto::Request::ListBlobs(req) => {
+                let m = medium.lock().unwrap();
+                let blobs = m
+                    .blobs
+                    .iter()
+                    .filter(|(n, _)| {
+                        !(matches!(lie, Lie::HiddenManifests) && n.starts_with("manifests/"))
+                    })
+                    .map(|(n, b)| proto::BlobInfo {
+                        name: proto::BlobName::parse(n).unwrap(),
+                        len: b.len() as u64,
+                    })
+                    .filter(|b| req.prefix.as_ref().is_none_or(|p| b.name.is_under(p)))
+                    .collect();
+                proto::Reply::Blobs(blobs)
+            }
+            proto::Request::GetBlob(req) => {
+                let name = req.name.as_str();
+                let stored = medium.lock().unwrap().blobs.get(name).cloned();
+                let Some(mut bytes) = stored else {
+                    let reply = proto::Reply::Error(proto::ErrorReply {
+                        class: proto::ErrorClass::NotFound,
+                        message: format!("no blob {name}"),
+                    });
+                    proto::write_reply(&mut w, &reply).map_err(e)?;
+                    continue;
+                };
+                match lie {
+                    Lie::FlippedBlob { suffix, at } if name.ends_with(suffix) => bytes[at] ^= 1,
+                    Lie::ForgedManifest if name.ends_with(".head") => {
+                        let (head, _) = bytes.split_at(bytes.len() - 32);
+                        let mut forged =
+                            proto::manifest::ManifestHeader::decode_unverified(head).unwrap();
+                        forged.entries = 0;
+                        forged.body_hash = *blake3::hash(b"").as_bytes();
+                        bytes = forged.encode();
+                        bytes.extend_from_slice(&forged.mac(&[0x11; 32]));
+                    }
+                    Lie::ForgedManifest if name.ends_with(".body") => bytes.clear(),
+                    _ => {}
+                }
+                proto::write_reply(
+                    &mut w,
+                    &proto::Reply::Blob {
+                        len: bytes.len() as u64,
+                    },
+                )
+                .map_err(e)?;
+                let mut framer = proto::StreamFramer::new();
+                for chunk in bytes.chunks(proto::MAX_DATA_CHUNK) {
+                    framer.write_data(&mut w, chunk).map_err(e)?;
+                }
+                framer.finish(&mut w).map_err(e)?;
+                w.flush().map_err(|x| x.to_string())?;
+                continue;
+            }
+            proto::Request::ReadBack(req) => {
+                let bs = req.volblocksize;
+                let mut blocks = medium.lock().unwrap().blocks(req.snapshot.as_str(), bs);
+                match lie {
+                    Lie::Faithful | Lie::FlippedBlob { .. } | Lie::HiddenManifests => {}
+                    Lie::Zeroes => blocks.iter_mut().for_each(|(_, b)| b.fill(0)),
+                    Lie::Nothing | Lie::ForgedManifest => blocks.clear(),
+                    Lie::AlteredBlock(n) => blocks[n].1[100] ^= 1,
+                    Lie::DroppedBlock(n) => {
+                        blocks.remove(n);
+                    }
+                    Lie::SwappedBlocks(n) => {
+                        let next = std::mem::take(&mut blocks[n + 1].1);
+                        blocks[n + 1].1 = std::mem::replace(&mut blocks[n].1, next);
+                    }
+                    Lie::ExtraBlock => {
+                        let at = blocks.last().map_or(0, |(o, _)| o + bs);
+                        blocks.push((at, vec![0x5a; bs as usize]));
+                    }
+                }
+                proto::write_reply(&mut w, &proto::Reply::ReadBackReady).map_err(e)?;
+                for (offset, block) in &blocks {
+                    proto::write_block_frame(&mut w, *offset, block).map_err(e)?;
+                }
+                proto::Reply::ReadBackDone {
+                    blocks: blocks.len() as u64,
+                    bytes: blocks.len() as u64 * bs,
+                }
+            }
+            proto::Request::Abort(req) => proto::Reply::Aborted {
+                dataset: req.dataset,
+            },
         };
         proto::write_reply(&mut w, &reply).map_err(e)?;
         w.flush().map_err(|x| x.to_string())?;
@@ -334,7 +718,7 @@ fn a_backup_runs_in_process_and_verifies() {
 
 #[test]
 fn an_interrupted_send_resumes_from_the_receivers_token() {
-    let world = World::new();
+    let world = World::alone();
     world
         .sys
         .set_fake_env("QZB_FAKE_SEND_DIE_AFTER", (3u64 << 20).to_string());
@@ -394,7 +778,7 @@ fn a_receiver_that_keeps_saying_it_waits_is_refused_at_the_second_notice() {
 
 #[test]
 fn abort_discards_the_partial_receive() {
-    let world = World::new();
+    let world = World::alone();
     world
         .sys
         .set_fake_env("QZB_FAKE_SEND_DIE_AFTER", (3u64 << 20).to_string());
@@ -412,7 +796,7 @@ fn abort_discards_the_partial_receive() {
 
 #[test]
 fn a_receiver_agent_dying_mid_frame_is_named_with_what_to_do() {
-    let world = World::new();
+    let world = World::alone();
     // Past the hello and the first requests, inside the first data frame's payload.
     let agent = InMemory::new(
         &world,
@@ -443,4 +827,200 @@ fn the_receivers_root_is_where_the_backup_lands() {
     world.send(&world.agent()).unwrap();
     let rx = world.receiver();
     assert!(rx["zfs"]["datasets"][ROOT].is_object(), "{rx}");
+}
+
+/// Where the `vols` backup's zvol snapshot lands on the receiver.
+fn vault_on_receiver() -> String {
+    format!("{ROOT}/{VAULT}@b1")
+}
+
+#[test]
+fn a_zvol_backup_is_read_back_and_verified_in_process() {
+    let world = World::with_zvol();
+    let agent = world.agent();
+    world.send(&agent).unwrap();
+    assert_eq!(world.states(), [SendState::Done]);
+    world.verify(&agent, false).unwrap();
+}
+
+/// A liar with `lie`, after `send vols` to it: the send went through in full, the manifests
+/// are on its "medium" and the guid check passes, though nothing was received. Also returns
+/// the non-zero blocks the stream carried (what an honest read-back sends) and the
+/// volblocksize.
+fn fooled(world: &World, lie: Lie) -> (InMemory, Vec<(u64, Vec<u8>)>, u64) {
+    let medium = Arc::new(Mutex::new(LiarMedium::default()));
+    let liar = InMemory::new(world, Agent::Liar(lie, medium.clone()));
+    world.send(&liar).unwrap();
+    assert_eq!(world.states(), [SendState::Done]);
+    let rx = world.receiver();
+    assert!(
+        rx["zfs"]["datasets"][format!("{ROOT}/{VAULT}")].is_null(),
+        "the liar received nothing into ZFS: {rx}"
+    );
+    world.verify(&liar, true).unwrap();
+    let m = medium.lock().unwrap();
+    let heads = m.blob_names(".head");
+    assert_eq!((heads.len(), m.blob_names(".body").len()), (1, 1));
+    let head = &m.blobs[&heads[0]];
+    let header =
+        proto::manifest::ManifestHeader::decode_unverified(&head[..head.len() - 32]).unwrap();
+    let blocks = m.blocks(&vault_on_receiver(), header.volblocksize);
+    assert!(
+        blocks.len() > 8,
+        "a stream with data: {} blocks",
+        blocks.len()
+    );
+    drop(m);
+    (liar, blocks, header.volblocksize)
+}
+
+/// `verify` failed as a send does (exit 8), naming the snapshot and, as the first problem,
+/// `what`.
+fn assert_caught(world: &World, liar: &InMemory, what: &str) {
+    let e = world.verify(liar, false).unwrap_err();
+    assert!(matches!(e, Error::Send(_)), "{e}");
+    assert_eq!(e.exit_code(), 8, "{e}");
+    let first = format!("the first: {}: ", vault_on_receiver());
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&first) && msg.contains(what),
+        "expected the first problem {what:?}: {msg}"
+    );
+}
+
+#[test]
+fn a_liar_replaying_exactly_the_swallowed_blocks_passes_verify() {
+    // The control for the lies below: the liar's bookkeeping is faithful, so what fails them
+    // is the lie alone.
+    let world = World::with_zvol();
+    let (liar, _, _) = fooled(&world, Lie::Faithful);
+    world.verify(&liar, false).unwrap();
+}
+
+#[test]
+fn a_drained_stream_read_back_as_zeroes_fails_verify_at_the_first_data_block() {
+    let world = World::with_zvol();
+    let (liar, blocks, _) = fooled(&world, Lie::Zeroes);
+    let at = blocks[0].0;
+    assert_caught(
+        &world,
+        &liar,
+        &format!("the block at offset {at} does not match its manifest tag"),
+    );
+}
+
+#[test]
+fn a_drained_stream_read_back_as_an_empty_volume_misses_the_first_data_block() {
+    let world = World::with_zvol();
+    let (liar, blocks, _) = fooled(&world, Lie::Nothing);
+    let at = blocks[0].0;
+    assert_caught(
+        &world,
+        &liar,
+        &format!("the data block at offset {at} is in the manifests but was not read back"),
+    );
+}
+
+#[test]
+fn a_drained_stream_read_back_with_one_altered_block_fails_at_that_offset() {
+    let world = World::with_zvol();
+    let (liar, blocks, _) = fooled(&world, Lie::AlteredBlock(3));
+    let at = blocks[3].0;
+    assert_caught(
+        &world,
+        &liar,
+        &format!("the block at offset {at} does not match its manifest tag"),
+    );
+}
+
+#[test]
+fn a_drained_stream_read_back_with_two_blocks_swapped_fails_at_the_first_of_them() {
+    let world = World::with_zvol();
+    let (liar, blocks, _) = fooled(&world, Lie::SwappedBlocks(5));
+    let at = blocks[5].0;
+    assert_caught(
+        &world,
+        &liar,
+        &format!("the block at offset {at} does not match its manifest tag (altered or moved)"),
+    );
+}
+
+#[test]
+fn a_drained_stream_read_back_without_one_block_names_the_missing_offset() {
+    let world = World::with_zvol();
+    let (liar, blocks, _) = fooled(&world, Lie::DroppedBlock(5));
+    let at = blocks[5].0;
+    assert_caught(
+        &world,
+        &liar,
+        &format!("the data block at offset {at} is in the manifests but was not read back"),
+    );
+}
+
+#[test]
+fn a_drained_stream_read_back_with_an_extra_block_where_zeros_belong_fails() {
+    let world = World::with_zvol();
+    let (liar, blocks, bs) = fooled(&world, Lie::ExtraBlock);
+    let at = blocks.last().unwrap().0 + bs;
+    assert_caught(
+        &world,
+        &liar,
+        &format!("a non-zero block was read back at offset {at}, where the manifests say zeros"),
+    );
+}
+
+#[test]
+fn a_liar_flipping_a_byte_of_the_stored_manifest_header_fails_on_its_mac() {
+    let world = World::with_zvol();
+    let (liar, _, _) = fooled(
+        &world,
+        Lie::FlippedBlob {
+            suffix: ".head",
+            at: 30,
+        },
+    );
+    assert_caught(
+        &world,
+        &liar,
+        ".head: manifest header MAC does not match; it was altered, or made with another key",
+    );
+}
+
+#[test]
+fn a_liar_flipping_a_byte_of_the_stored_manifest_body_fails_against_its_header() {
+    let world = World::with_zvol();
+    let (liar, _, _) = fooled(
+        &world,
+        Lie::FlippedBlob {
+            suffix: ".body",
+            at: 20,
+        },
+    );
+    assert_caught(
+        &world,
+        &liar,
+        &format!("the manifest body of sequence number 0 of {VAULT}: manifest body does not match its header"),
+    );
+}
+
+#[test]
+fn a_liar_serving_its_own_manifest_of_an_empty_volume_fails_on_the_mac() {
+    let world = World::with_zvol();
+    let (liar, _, _) = fooled(&world, Lie::ForgedManifest);
+    assert_caught(
+        &world,
+        &liar,
+        "manifest header MAC does not match; it was altered, or made with another key",
+    );
+}
+
+#[test]
+fn a_liar_hiding_the_manifest_dom0_stored_is_a_failure_not_an_unverifiable_backup() {
+    let world = World::with_zvol();
+    let (liar, _, _) = fooled(&world, Lie::HiddenManifests);
+    assert_caught(
+        &world,
+        &liar,
+        "the receiver lists no manifest of it, but dom0 stored one on this medium (sequence number 0)",
+    );
 }
