@@ -73,6 +73,14 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
                 class: "mic".into(),
                 why: "refused".into(),
             }],
+            volumes: vec![VolumeSettings {
+                name: "private".into(),
+                pool: "zfs".into(),
+                dataset: "pool/qubes/work/private".into(),
+                save_on_stop: true,
+                snap_on_start: false,
+                rw: true,
+            }],
         }],
     };
     let index = SetIndex {

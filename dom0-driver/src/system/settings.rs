@@ -9,9 +9,9 @@
 
 use std::collections::BTreeSet;
 
-use qzb_protocol::sets::{DeviceList, Property, QubeSettings, SettingsDoc};
+use qzb_protocol::sets::{DeviceList, Property, QubeSettings, SettingsDoc, VolumeSettings};
 
-use super::inventory::{parse_qubesd_reply, Inventory};
+use super::inventory::{parse_qubesd_reply, Inventory, Volume};
 use super::runner::{command_line, Runner, ToolError};
 
 /// The device classes whose assignments are kept.
@@ -51,13 +51,10 @@ pub fn capture(
 ) -> Result<SettingsDoc, ToolError> {
     let mut out = Vec::with_capacity(qubes.len());
     for name in qubes {
-        let class = inv
-            .qubes
-            .qubes
-            .get(name)
-            .map(|q| q.class.clone())
-            .unwrap_or_default();
-        out.push(capture_qube(runner, name, class)?);
+        let qube = inv.qubes.qubes.get(name);
+        let class = qube.map(|q| q.class.clone()).unwrap_or_default();
+        let volumes = qube.map(|q| q.volumes.as_slice()).unwrap_or_default();
+        out.push(capture_qube(runner, name, class, volumes)?);
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(SettingsDoc {
@@ -91,7 +88,12 @@ fn required(
     })
 }
 
-fn capture_qube(runner: &dyn Runner, name: &str, class: String) -> Result<QubeSettings, ToolError> {
+fn capture_qube(
+    runner: &dyn Runner,
+    name: &str,
+    class: String,
+    known: &[Volume],
+) -> Result<QubeSettings, ToolError> {
     let bad = |method: &str, problem: String| {
         ToolError::new(
             command_line("qubesd-query", &["-e", "dom0", method, name]),
@@ -141,6 +143,18 @@ fn capture_qube(runner: &dyn Runner, name: &str, class: String) -> Result<QubeSe
     } else {
         class
     };
+    let mut volumes: Vec<VolumeSettings> = known
+        .iter()
+        .map(|v| VolumeSettings {
+            name: v.name.clone(),
+            pool: v.pool.clone(),
+            dataset: v.vid.clone(),
+            save_on_stop: v.save_on_stop,
+            snap_on_start: v.snap_on_start,
+            rw: v.rw,
+        })
+        .collect();
+    volumes.sort_by(|a, b| a.name.cmp(&b.name));
     let settings = QubeSettings {
         name: name.to_owned(),
         class,
@@ -149,6 +163,7 @@ fn capture_qube(runner: &dyn Runner, name: &str, class: String) -> Result<QubeSe
         tags,
         firewall,
         devices,
+        volumes,
     };
     Ok(settings)
 }

@@ -21,8 +21,9 @@ mod tests;
 
 pub use index::{IndexEntry, IndexManifest, SetIndex, MAX_INDEX_ENTRIES, MAX_INDEX_LEN};
 pub use settings::{
-    DeviceList, Property, QubeSettings, SettingsDoc, MAX_FEATURES, MAX_FIREWALL_RULES,
-    MAX_PROPERTIES, MAX_SETTINGS_LEN, MAX_SETTINGS_QUBES, MAX_SETTING_TEXT, MAX_TAGS,
+    DeviceList, Property, QubeSettings, SettingsDoc, VolumeSettings, MAX_FEATURES,
+    MAX_FIREWALL_RULES, MAX_PROPERTIES, MAX_SETTINGS_LEN, MAX_SETTINGS_QUBES, MAX_SETTING_TEXT,
+    MAX_TAGS,
 };
 
 use std::fmt;

@@ -22,6 +22,8 @@ pub const MAX_FIREWALL_RULES: usize = 4096;
 /// Most device classes, and most assignments per class.
 pub const MAX_DEVICE_CLASSES: usize = 16;
 pub const MAX_ASSIGNMENTS: usize = 1024;
+/// Most volumes of one qube (Qubes has four).
+pub const MAX_VOLUMES: usize = 16;
 /// Longest name or value (a property value, a feature value, a firewall rule...).
 pub const MAX_SETTING_TEXT: usize = 64 << 10;
 
@@ -51,6 +53,22 @@ pub struct QubeSettings {
     pub firewall: Option<Vec<String>>,
     /// `admin.vm.device.<class>.Assigned`, per device class.
     pub devices: Vec<DeviceList>,
+    /// `admin.vm.volume.List` + `Info`: the qube's volumes, sorted by name; a restore finds
+    /// each one's snapshot in the set index by `dataset`.
+    pub volumes: Vec<VolumeSettings>,
+}
+
+/// One volume of a qube, as `admin.vm.volume.Info` reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct VolumeSettings {
+    /// `root`, `private`, `volatile`, `kernel`.
+    pub name: String,
+    pub pool: String,
+    /// The `vid`: for a ZFS pool, the zvol's dataset (the source of the backup).
+    pub dataset: String,
+    pub save_on_stop: bool,
+    pub snap_on_start: bool,
+    pub rw: bool,
 }
 
 /// One property as `admin.vm.property.GetAll` states it.
@@ -171,6 +189,16 @@ impl QubeSettings {
         }
         if !strictly_sorted(self.devices.iter().map(DeviceList::class)) {
             return Err(format!("{q}: device classes not sorted or repeated"));
+        }
+        check_count(&format!("volumes of {q}"), self.volumes.len(), MAX_VOLUMES)?;
+        for v in &self.volumes {
+            crate::manifest::check_volume_name(&v.name)
+                .map_err(|e| format!("{q}: volume {:?}: {e}", v.name))?;
+            check_text(&format!("{q}: the pool of {}", v.name), &v.pool, 256)?;
+            check_text(&format!("{q}: the vid of {}", v.name), &v.dataset, 1024)?;
+        }
+        if !strictly_sorted(self.volumes.iter().map(|v| &v.name)) {
+            return Err(format!("{q}: volumes not sorted or repeated"));
         }
         Ok(())
     }

@@ -33,6 +33,14 @@ fn qube(name: &str) -> QubeSettings {
                 why: "QubesException".into(),
             },
         ],
+        volumes: vec![VolumeSettings {
+            name: "private".into(),
+            pool: "zfs".into(),
+            dataset: format!("pool/qubes/{name}/private"),
+            save_on_stop: true,
+            snap_on_start: false,
+            rw: true,
+        }],
     }
 }
 

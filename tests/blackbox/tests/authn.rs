@@ -245,6 +245,11 @@ fn a_send_stores_the_qubes_settings_and_a_set_index_that_verify_checks() {
         ]
     );
     assert_eq!(q.tags, ["audited", "offline"]);
+    assert!(
+        q.volumes.iter().any(|v| v.name == "private" && v.dataset == VAULT),
+        "{:?}",
+        q.volumes
+    );
     assert_eq!(q.firewall.as_deref(), Some(&["action=drop".to_owned()][..]));
     assert!(q
         .devices
