@@ -54,7 +54,9 @@ fn sealed(purpose: Purpose, bytes: &[u8]) {
 
 /// Seeds: a sealed settings document and index under [`KEY`], and their bodies.
 pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
-    use qzb_protocol::sets::{DeviceList, IndexEntry, IndexManifest, Property, QubeSettings};
+    use qzb_protocol::sets::{
+        DeviceList, IndexEntry, IndexManifest, Property, QubeSettings, VolumeSettings,
+    };
     let doc = SettingsDoc {
         captured: 1_700_000_000,
         qubes: vec![QubeSettings {
