@@ -29,6 +29,7 @@ pub mod error;
 pub mod key;
 pub mod output;
 pub mod plan;
+pub mod restore;
 pub mod snapshot;
 pub mod state;
 pub mod stream;

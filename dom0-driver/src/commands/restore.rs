@@ -180,3 +180,164 @@ fn set_json(set: &FetchedSet) -> serde_json::Value {
         })).collect::<Vec<_>>(),
     })
 }
+
+/// What `restore plan` is asked.
+pub struct PlanArgs {
+    pub medium: Medium,
+    /// The backup whose set to use (needed when the medium holds several).
+    pub backup: Option<String>,
+    pub choice: crate::restore::plan::Choice,
+    pub passphrase: PassphraseSource,
+    pub json: bool,
+}
+
+/// `restore plan`: the newest complete set of the backup (or the newest at all, said so),
+/// checked, and the plan of what restoring it would do here.
+pub fn plan(
+    metadata_dir: &Path,
+    runner: &dyn crate::system::runner::Runner,
+    connector: &dyn Connect,
+    args: &PlanArgs,
+) -> Result<()> {
+    use crate::restore::plan::{self, Action, Existing, Target};
+    let existing: Vec<Existing> = crate::system::inventory::list_qubes(runner)?
+        .into_iter()
+        .map(|(name, class, state)| Existing {
+            running: !matches!(state.as_str(), "Halted" | "Dying" | "Crashed"),
+            name,
+            class,
+        })
+        .collect();
+    let mut session = connector.connect(args.medium.qube.as_str())?;
+    let keys = keys_for(metadata_dir, &mut session, &args.medium, args.passphrase)?;
+    let found = sets::list_all(&mut session, &args.medium.root, &keys)?;
+    let _ = session.close();
+    let mut sets: Vec<FetchedSet> = Vec::new();
+    for (name, set) in found {
+        match set {
+            Ok(set) => sets.push(set),
+            Err(e) => crate::output::stderr_line(format_args!(
+                "warning: set {name} refused: {}",
+                outside(&e.to_string())
+            )),
+        }
+    }
+    let backups: std::collections::BTreeSet<&str> =
+        sets.iter().map(|s| s.index.backup.as_str()).collect();
+    let backup = match (&args.backup, backups.len()) {
+        (Some(b), _) if backups.contains(b.as_str()) => b.clone(),
+        (Some(b), _) => {
+            return Err(Error::NothingDone(format!(
+                "{}:{} holds no set of {b} (it has: {})",
+                args.medium.qube,
+                args.medium.root,
+                backups.into_iter().collect::<Vec<_>>().join(", ")
+            )))
+        }
+        (None, 1) => backups.first().expect("one").to_string(),
+        (None, 0) => {
+            return Err(Error::NothingDone(format!(
+                "{}:{} holds no backup set that checks out (see `restore list`)",
+                args.medium.qube, args.medium.root
+            )))
+        }
+        (None, _) => {
+            return Err(Error::Refused(format!(
+                "{}:{} holds sets of several backups ({}): choose one with --backup",
+                args.medium.qube,
+                args.medium.root,
+                backups.into_iter().collect::<Vec<_>>().join(", ")
+            )))
+        }
+    };
+    let of_backup: Vec<&FetchedSet> = sets.iter().filter(|s| s.index.backup == backup).collect();
+    let set = of_backup
+        .iter()
+        .rev()
+        .find(|s| s.index.complete)
+        .or(of_backup.last())
+        .expect("the backup has a set");
+    let Some(settings) = &set.settings else {
+        return Err(Error::NothingDone(format!(
+            "the set of {backup} at {} has no settings (they could not be read when it was made), so its qubes cannot be recreated",
+            format_utc(set.index.created)
+        )));
+    };
+    let planned = plan::plan(settings, &set.index, &existing, &args.choice)
+        .map_err(|e| Error::Refused(format!("no restore plan: {e}")))?;
+    let target = |t: &Target| match t {
+        Target::Restored(n) => format!("{n} (restored)"),
+        Target::Existing(n) => format!("{n} (existing)"),
+        Target::Default => "the default".to_owned(),
+    };
+    if args.json {
+        crate::outln!(
+            "{}",
+            json!({
+                "backup": backup,
+                "set": format_utc(set.index.created),
+                "complete": set.index.complete,
+                "qubes": planned.qubes.iter().map(|q| json!({
+                    "name": q.name,
+                    "original": q.original,
+                    "class": q.class,
+                    "action": match q.action { Action::Create => "create", Action::Replace => "replace" },
+                    "references": q.references.iter().map(|r| json!({
+                        "property": r.property, "original": r.original, "to": target(&r.target),
+                    })).collect::<Vec<_>>(),
+                    "volumes": q.volumes.iter().map(|v| json!({
+                        "volume": v.volume, "snapshot": v.snapshot, "guid": v.guid,
+                    })).collect::<Vec<_>>(),
+                    "unrestorable": q.unrestorable,
+                })).collect::<Vec<_>>(),
+                "skipped": planned.skipped.iter().map(|(n, why)| json!({"qube": n, "why": why})).collect::<Vec<_>>(),
+            })
+        );
+        return Ok(());
+    }
+    crate::outln!(
+        "Restore plan for the set of {} at {}{} from {}:{}:",
+        outside(&backup),
+        format_utc(set.index.created),
+        if set.index.complete {
+            ""
+        } else {
+            " (incomplete: the newest set of this backup; no complete one exists)"
+        },
+        args.medium.qube,
+        args.medium.root
+    );
+    for (i, q) in planned.qubes.iter().enumerate() {
+        let verb = match q.action {
+            Action::Create => "create ",
+            Action::Replace => "REPLACE",
+        };
+        let was = if q.name != q.original {
+            format!(", was {}", q.original)
+        } else {
+            String::new()
+        };
+        crate::outln!("  {:>2}. {verb} {} ({}{was})", i + 1, q.name, q.class);
+        for r in &q.references {
+            crate::outln!(
+                "        {} {} -> {}",
+                r.property,
+                r.original,
+                target(&r.target)
+            );
+        }
+        for v in &q.volumes {
+            crate::outln!("        volume {} from {}", v.volume, v.snapshot);
+        }
+        for u in &q.unrestorable {
+            crate::outln!("        not restored: volume {u}");
+        }
+    }
+    for (name, why) in &planned.skipped {
+        crate::outln!("  skipped {name}: {why}");
+    }
+    crate::outln!(
+        "This is the plan only: this version checks and prints it, and does not create qubes yet."
+    );
+    Ok(())
+}

@@ -307,12 +307,16 @@ pub fn qubesd_query(
     parse_qubesd_reply(&raw).map_err(|p| bad_output(&command_line("qubesd-query", &args), p))
 }
 
+/// Every qube: `(name, class, state)` from `admin.vm.List`.
+pub fn list_qubes(runner: &dyn Runner) -> Result<Vec<(String, String, String)>, ToolError> {
+    let list = qubesd_query(runner, "admin.vm.List", "dom0", None)?;
+    parse_vm_list(&list).map_err(|p| bad_output("qubesd-query -e dom0 admin.vm.List dom0", p))
+}
+
 /// The state of one qube (`Running`, `Halted`, ...) from `admin.vm.List`, or None if it does not
 /// exist.
 pub fn qube_state(runner: &dyn Runner, name: &str) -> Result<Option<String>, ToolError> {
-    let list = qubesd_query(runner, "admin.vm.List", "dom0", None)?;
-    let vms = parse_vm_list(&list)
-        .map_err(|p| bad_output("qubesd-query -e dom0 admin.vm.List dom0", p))?;
+    let vms = list_qubes(runner)?;
     Ok(vms
         .into_iter()
         .find(|(n, _, _)| n == name)

@@ -246,7 +246,9 @@ fn a_send_stores_the_qubes_settings_and_a_set_index_that_verify_checks() {
     );
     assert_eq!(q.tags, ["audited", "offline"]);
     assert!(
-        q.volumes.iter().any(|v| v.name == "private" && v.dataset == VAULT),
+        q.volumes
+            .iter()
+            .any(|v| v.name == "private" && v.dataset == VAULT),
         "{:?}",
         q.volumes
     );
@@ -429,4 +431,36 @@ fn restore_list_refuses_a_tampered_set_index() {
         "{}",
         run.stdout
     );
+}
+
+#[test]
+fn restore_plan_renames_a_taken_qube_and_resolves_its_references() {
+    let sys = keyed(1 << 20);
+    sys.driver(&["send", "vols"]).expect(0);
+    let from = format!("backups-disp:{ROOT}");
+    // vault still exists here: skipped by default, with what to do about it.
+    let run = sys.driver(&["restore", "plan", "--from", &from]);
+    run.expect(0);
+    assert!(
+        run.stdout.contains("skipped vault: a qube of that name exists"),
+        "{}",
+        run.stdout
+    );
+    let run = sys.driver(&["restore", "plan", "--from", &from, "--rename"]);
+    run.expect(0);
+    assert!(
+        run.stdout.contains("create  vault1 (AppVM, was vault)")
+            && run.stdout.contains(&format!("volume private from {VAULT}@b1")),
+        "{}",
+        run.stdout
+    );
+    let run = sys.driver(&["restore", "plan", "--from", &from, "--rename", "--json"]);
+    run.expect(0);
+    let plan: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(plan["qubes"][0]["name"], "vault1");
+    assert_eq!(plan["qubes"][0]["original"], "vault");
+    // A qube not in the set is named as such.
+    let run = sys.driver(&["restore", "plan", "--from", &from, "nosuch"]);
+    run.expect(6);
+    assert!(run.stderr.contains("nosuch is not in this backup set (it has: vault)"), "{}", run.stderr);
 }
