@@ -1,5 +1,5 @@
 //! `cargo xtask demo`: the whole workflow of the seed README (key init, check, import, snapshot,
-//! calc, send, verify with read-back) with the real binaries, against the bundled fake Qubes+ZFS system
+//! calc, send, verify with read-back, restore list and plan) with the real binaries, against the bundled fake Qubes+ZFS system
 //! (tests/fixtures/demo-system) where no Qubes or ZFS exists. The fake `zfs`, `qubesd-query`,
 //! `xl` and `qrexec-client` are first on PATH; the stand-in `qrexec-client` execs the real
 //! receiver agent, so every byte goes through the real protocol.
@@ -131,6 +131,29 @@ pub fn run() -> Result<(), String> {
         8,
     )?;
     demo.driver("   status", &["status", "mybackup1"], &[], 0)?;
+    demo.driver(
+        "7. restore list: the backup sets on the medium, from their MAC'd set indexes",
+        &[
+            "restore",
+            "list",
+            "--from",
+            "backups-disp:backuppool/backups/mydesktop",
+        ],
+        &[],
+        0,
+    )?;
+    demo.driver(
+        "   restore plan: the qubes still exist here, so --rename restores them as new qubes (the plan only: creating qubes is not built yet)",
+        &[
+            "restore",
+            "plan",
+            "--from",
+            "backups-disp:backuppool/backups/mydesktop",
+            "--rename",
+        ],
+        &[],
+        0,
+    )?;
     println!(
         "\nDemo finished. Everything it made is in {}.",
         dir.display()

@@ -442,7 +442,8 @@ fn restore_plan_renames_a_taken_qube_and_resolves_its_references() {
     let run = sys.driver(&["restore", "plan", "--from", &from]);
     run.expect(0);
     assert!(
-        run.stdout.contains("skipped vault: a qube of that name exists"),
+        run.stdout
+            .contains("skipped vault: a qube of that name exists"),
         "{}",
         run.stdout
     );
@@ -450,7 +451,9 @@ fn restore_plan_renames_a_taken_qube_and_resolves_its_references() {
     run.expect(0);
     assert!(
         run.stdout.contains("create  vault1 (AppVM, was vault)")
-            && run.stdout.contains(&format!("volume private from {VAULT}@b1")),
+            && run
+                .stdout
+                .contains(&format!("volume private from {VAULT}@b1")),
         "{}",
         run.stdout
     );
@@ -462,5 +465,10 @@ fn restore_plan_renames_a_taken_qube_and_resolves_its_references() {
     // A qube not in the set is named as such.
     let run = sys.driver(&["restore", "plan", "--from", &from, "nosuch"]);
     run.expect(6);
-    assert!(run.stderr.contains("nosuch is not in this backup set (it has: vault)"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("nosuch is not in this backup set (it has: vault)"),
+        "{}",
+        run.stderr
+    );
 }
