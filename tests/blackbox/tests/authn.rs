@@ -472,3 +472,30 @@ fn restore_plan_renames_a_taken_qube_and_resolves_its_references() {
         run.stderr
     );
 }
+
+#[test]
+fn a_hostile_kdf_parameter_set_on_the_medium_is_refused_before_use() {
+    let sys = keyed(1 << 20);
+    sys.driver(&["send", "vols"]).expect(0);
+    let wrapped = blobs(&sys, "key/wrapped").pop().unwrap();
+    let good = std::fs::read(&wrapped).unwrap();
+    let fresh = sys.dir.join("fresh-dom0");
+    // memory (offset 12) of 4 TiB, then 1000 passes (offset 16): each would cost hours.
+    for (at, value) in [(12usize, u32::MAX), (16, 1000)] {
+        let mut bad = good.clone();
+        bad[at..at + 4].copy_from_slice(&value.to_le_bytes());
+        std::fs::write(&wrapped, &bad).unwrap();
+        let run = restore_list(
+            &sys,
+            &fresh,
+            &format!("{}\n", FakeSystem::PASSPHRASE),
+            false,
+        );
+        run.expect(12);
+        assert!(
+            run.stderr.contains("refused KDF parameters"),
+            "{}",
+            run.stderr
+        );
+    }
+}
