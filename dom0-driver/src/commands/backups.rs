@@ -124,5 +124,14 @@ pub fn status(store: &Store, name: &str, json: bool) -> Result<()> {
             crate::outln!("           last error: {}", sanitize(e));
         }
     }
+    match &state.last_set {
+        Some(set) => crate::outln!(
+            "  set index: the last one stored on the medium is of {} (`verify` checks it is still the newest)",
+            crate::state::format_utc(set.created)
+        ),
+        None => crate::outln!(
+            "  set index: none stored yet (the next `send` with a key stores the qubes' settings and one)"
+        ),
+    }
     Ok(())
 }

@@ -64,7 +64,8 @@ fn a_zvol_sent_with_a_key_is_read_back_and_verified_block_by_block() {
     assert_eq!(blobs(&sys, "key/wrapped").len(), 1, "the wrapped key");
     let status = sys.driver(&["status", "vols"]);
     assert!(
-        status.stdout.contains("manifest: on the medium"),
+        status.stdout.contains("manifest: on the medium")
+            && status.stdout.contains("set index: the last one stored on the medium is of "),
         "{}",
         status.stdout
     );
