@@ -7,7 +7,7 @@
 //! * an accepted sealed document re-seals to exactly the input (one encoding per document);
 //! * an accepted body passes `validate`, and re-encodes to a body that decodes to the same
 //!   value.
-use qzb_protocol::sets::{open, seal, Purpose, SetIndex, SettingsDoc};
+use qzb_protocol::sets::{open, seal, Purpose, Sealed, SetIndex, SettingsDoc};
 
 /// The metadata key every run uses.
 pub const KEY: [u8; 32] = [0x6d; 32];
@@ -22,14 +22,14 @@ pub fn run(data: &[u8]) {
         2 => {
             if let Ok(doc) = SettingsDoc::decode_unverified(rest) {
                 doc.validate().expect("decode validated it");
-                let again = doc.encode().expect("a decoded document encodes");
+                let again = doc.body().expect("a decoded document encodes");
                 assert_eq!(SettingsDoc::decode_unverified(&again).unwrap(), doc);
             }
         }
         _ => {
             if let Ok(index) = SetIndex::decode_unverified(rest) {
                 index.validate().expect("decode validated it");
-                let again = index.encode().expect("a decoded index encodes");
+                let again = index.body().expect("a decoded index encodes");
                 assert_eq!(SetIndex::decode_unverified(&again).unwrap(), index);
             }
         }
@@ -113,11 +113,11 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
         (
             "body-settings",
-            [&[2u8][..], &doc.encode().unwrap()].concat(),
+            [&[2u8][..], &doc.body().unwrap()].concat(),
         ),
         (
             "body-index",
-            [&[3u8][..], &index.encode().unwrap()].concat(),
+            [&[3u8][..], &index.body().unwrap()].concat(),
         ),
     ]
 }

@@ -23,6 +23,7 @@ use crate::system::inventory::{volume_geometry, DatasetKind, Inventory};
 use crate::system::runner::{Exit, Runner};
 use crate::system::settings;
 use qzb_protocol as proto;
+use qzb_protocol::sets::Sealed;
 use serde_json::json;
 use std::time::Duration;
 

@@ -14,7 +14,7 @@ use crate::state::chains::{name_id, Chains};
 use crate::state::{BackupState, LastSet, ManifestState, SendState};
 use crate::stream::client::Client;
 use qzb_protocol::sets::{
-    max_sealed_len, IndexEntry, IndexManifest, Purpose, SetIndex, SettingsDoc,
+    max_sealed_len, IndexEntry, IndexManifest, Purpose, Sealed, SetIndex, SettingsDoc,
 };
 use qzb_protocol::{BlobName, DatasetKind, DatasetName};
 

@@ -4,11 +4,9 @@
 
 use bincode::{Decode, Encode};
 
-use super::{check_count, check_text, decode_body, encode_body, open, seal, Purpose, SealError};
+use super::{check_count, check_text, Purpose, Sealed};
 use crate::names::SnapshotName;
 
-/// Largest index body: 16 MiB.
-pub const MAX_INDEX_LEN: usize = 16 << 20;
 /// Most entries in one index.
 pub const MAX_INDEX_ENTRIES: usize = 100_000;
 
@@ -75,32 +73,11 @@ impl SetIndex {
         }
         Ok(())
     }
+}
 
-    /// The body's encoding (bincode 2), checked against the rules and the cap.
-    pub fn encode(&self) -> Result<Vec<u8>, SealError> {
-        self.validate().map_err(SealError::Encode)?;
-        encode_body(self, Purpose::SetIndex)
-    }
-
-    pub fn seal(&self, key: &[u8; 32]) -> Result<Vec<u8>, SealError> {
-        self.validate().map_err(SealError::Encode)?;
-        seal(
-            Purpose::SetIndex,
-            &encode_body(self, Purpose::SetIndex)?,
-            key,
-        )
-    }
-
-    /// Authenticates, decodes and validates a sealed index from untrusted bytes.
-    pub fn open(bytes: &[u8], key: &[u8; 32]) -> Result<Self, SealError> {
-        let body = open(Purpose::SetIndex, bytes, key)?;
-        Self::decode_unverified(body)
-    }
-
-    /// Decodes and validates a body WITHOUT a MAC check: for [`SetIndex::open`] and fuzzing.
-    pub fn decode_unverified(body: &[u8]) -> Result<Self, SealError> {
-        let index: SetIndex = decode_body::<_, MAX_INDEX_LEN>(body)?;
-        index.validate().map_err(SealError::BadBody)?;
-        Ok(index)
+impl Sealed for SetIndex {
+    const PURPOSE: Purpose = Purpose::SetIndex;
+    fn check_rules(&self) -> Result<(), String> {
+        self.validate()
     }
 }

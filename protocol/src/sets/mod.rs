@@ -19,11 +19,10 @@ mod settings;
 #[cfg(test)]
 mod tests;
 
-pub use index::{IndexEntry, IndexManifest, SetIndex, MAX_INDEX_ENTRIES, MAX_INDEX_LEN};
+pub use index::{IndexEntry, IndexManifest, SetIndex, MAX_INDEX_ENTRIES};
 pub use settings::{
     DeviceList, Property, QubeSettings, SettingsDoc, VolumeSettings, MAX_FEATURES,
-    MAX_FIREWALL_RULES, MAX_PROPERTIES, MAX_SETTINGS_LEN, MAX_SETTINGS_QUBES, MAX_SETTING_TEXT,
-    MAX_TAGS,
+    MAX_FIREWALL_RULES, MAX_PROPERTIES, MAX_SETTINGS_QUBES, MAX_SETTING_TEXT, MAX_TAGS,
 };
 
 use std::fmt;
@@ -44,12 +43,13 @@ pub enum Purpose {
     SetIndex = 2,
 }
 
+/// Largest body of either purpose: 16 MiB (a qube's settings are a few KiB, an index entry
+/// under 200 bytes).
+pub const MAX_BODY_LEN: usize = 16 << 20;
+
 impl Purpose {
     fn max_body(self) -> usize {
-        match self {
-            Purpose::Settings => MAX_SETTINGS_LEN,
-            Purpose::SetIndex => MAX_INDEX_LEN,
-        }
+        MAX_BODY_LEN
     }
 
     fn name(self) -> &'static str {
@@ -170,6 +170,38 @@ pub fn open<'a>(purpose: Purpose, bytes: &'a [u8], key: &[u8; 32]) -> Result<&'a
         ));
     }
     Ok(&signed[SEAL_HEADER_LEN..])
+}
+
+/// A document that travels sealed: its purpose and its rules give it the encoding, the seal
+/// and the checked decoding.
+pub trait Sealed: bincode::Encode + bincode::Decode<()> + Sized {
+    const PURPOSE: Purpose;
+
+    /// Every rule of the format (limits, names, order).
+    fn check_rules(&self) -> Result<(), String>;
+
+    /// The body's encoding (bincode 2), checked against the rules and the cap.
+    fn body(&self) -> Result<Vec<u8>, SealError> {
+        self.check_rules().map_err(SealError::Encode)?;
+        encode_body(self, Self::PURPOSE)
+    }
+
+    /// The sealed bytes to store on the medium.
+    fn seal(&self, key: &[u8; 32]) -> Result<Vec<u8>, SealError> {
+        seal(Self::PURPOSE, &self.body()?, key)
+    }
+
+    /// Authenticates, decodes and checks a sealed document from untrusted bytes.
+    fn open(bytes: &[u8], key: &[u8; 32]) -> Result<Self, SealError> {
+        Self::decode_unverified(open(Self::PURPOSE, bytes, key)?)
+    }
+
+    /// Decodes and checks a body WITHOUT a MAC check: for [`Sealed::open`] and fuzzing.
+    fn decode_unverified(body: &[u8]) -> Result<Self, SealError> {
+        let value: Self = decode_body::<Self, MAX_BODY_LEN>(body)?;
+        value.check_rules().map_err(SealError::BadBody)?;
+        Ok(value)
+    }
 }
 
 /// bincode 2 encoding of a body, with its cap.

@@ -4,11 +4,9 @@
 
 use bincode::{Decode, Encode};
 
-use super::{check_count, check_text, decode_body, encode_body, open, seal, Purpose, SealError};
+use super::{check_count, check_text, Purpose, Sealed};
 use crate::names::QubeName;
 
-/// Largest settings body: 16 MiB (a qube's settings are a few KiB).
-pub const MAX_SETTINGS_LEN: usize = 16 << 20;
 /// Most qubes in one document.
 pub const MAX_SETTINGS_QUBES: usize = 4096;
 /// Most properties of one qube (Qubes 4.2 has about 60).
@@ -222,36 +220,14 @@ impl SettingsDoc {
         Ok(())
     }
 
-    /// The sealed bytes to store on the medium.
-    /// The body's encoding (bincode 2), checked against the rules and the cap.
-    pub fn encode(&self) -> Result<Vec<u8>, SealError> {
-        self.validate().map_err(SealError::Encode)?;
-        encode_body(self, Purpose::Settings)
-    }
-
-    pub fn seal(&self, key: &[u8; 32]) -> Result<Vec<u8>, SealError> {
-        self.validate().map_err(SealError::Encode)?;
-        seal(
-            Purpose::Settings,
-            &encode_body(self, Purpose::Settings)?,
-            key,
-        )
-    }
-
-    /// Authenticates, decodes and validates sealed settings from untrusted bytes.
-    pub fn open(bytes: &[u8], key: &[u8; 32]) -> Result<Self, SealError> {
-        let body = open(Purpose::Settings, bytes, key)?;
-        Self::decode_unverified(body)
-    }
-
-    /// Decodes and validates a body WITHOUT a MAC check: for [`SettingsDoc::open`] and fuzzing.
-    pub fn decode_unverified(body: &[u8]) -> Result<Self, SealError> {
-        let doc: SettingsDoc = decode_body::<_, MAX_SETTINGS_LEN>(body)?;
-        doc.validate().map_err(SealError::BadBody)?;
-        Ok(doc)
-    }
-
     pub fn qube(&self, name: &str) -> Option<&QubeSettings> {
         self.qubes.iter().find(|q| q.name == name)
+    }
+}
+
+impl Sealed for SettingsDoc {
+    const PURPOSE: Purpose = Purpose::Settings;
+    fn check_rules(&self) -> Result<(), String> {
+        self.validate()
     }
 }

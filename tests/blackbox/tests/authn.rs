@@ -5,6 +5,7 @@
 //! a medium whose stored manifests were changed, fails `verify` with a clear message.
 
 use qzb_blackbox_tests::{datasets_config as config, FakeSystem, Run, VAULT};
+use qzb_protocol::sets::Sealed;
 use serde_json::Value;
 
 const WORK: &str = "mainpool/qubes/work/private";
@@ -65,7 +66,9 @@ fn a_zvol_sent_with_a_key_is_read_back_and_verified_block_by_block() {
     let status = sys.driver(&["status", "vols"]);
     assert!(
         status.stdout.contains("manifest: on the medium")
-            && status.stdout.contains("set index: the last one stored on the medium is of "),
+            && status
+                .stdout
+                .contains("set index: the last one stored on the medium is of "),
         "{}",
         status.stdout
     );
