@@ -52,7 +52,7 @@ pub const EXIT_CODES: &[(i32, &str)] = &[
     ),
     (
         exit::SEND,
-        "at least one target failed to send, or `verify` found a problem",
+        "at least one target failed to send, `verify` found a problem, or a qube's restore failed",
     ),
     (
         exit::SECURITY,

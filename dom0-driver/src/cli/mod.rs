@@ -140,7 +140,7 @@ pub enum Command {
         #[command(subcommand)]
         action: KeyCommand,
     },
-    /// Restore from a backup medium (so far: list its backup sets, and plan a restore).
+    /// Restore qubes from a backup medium: list its backup sets, plan a restore, carry it out.
     #[command(
         after_help = "On a fresh dom0 (no key in the metadata directory) the medium's wrapped key is unlocked with the passphrase.\n\nExample:\n  qubes-zfs-backup restore list --from backups:backuppool/backups/mydesktop"
     )]
@@ -150,7 +150,7 @@ pub enum Command {
     },
 }
 
-/// `restore list|plan`.
+/// `restore list|plan|run`.
 #[derive(Subcommand, Debug)]
 pub enum RestoreCommand {
     /// List the backup sets on a medium (from their MAC'd set indexes): when, complete or not,
@@ -167,41 +167,81 @@ pub enum RestoreCommand {
     },
     /// Plan a restore of a backup's newest complete set here: which qubes come back, under
     /// which names, in which order, with their template, netvm and other references resolved.
-    /// Prints the plan; creating the qubes comes in a later version.
+    /// Prints the plan and changes nothing.
     #[command(
         after_help = "Example:\n  qubes-zfs-backup restore plan --from backups:backuppool/backups/mydesktop work vault --rename --map fedora-38=fedora-41"
     )]
     Plan {
-        /// The medium: the backup qube and the receiver dataset, QUBE:DATASET.
-        #[arg(long, value_name = "QUBE:DATASET", value_parser = crate::commands::restore::Medium::parse)]
-        from: crate::commands::restore::Medium,
-        /// The backup whose set to restore (needed when the medium holds several).
-        #[arg(long)]
-        backup: Option<String>,
-        /// Only these qubes (default: every qube of the set).
-        qubes: Vec<String>,
-        /// Leave this qube out (repeatable).
-        #[arg(long, value_name = "QUBE")]
-        exclude: Vec<String>,
-        /// A qube whose name is taken is restored as name1, name2, ... (default: skipped).
-        #[arg(long, conflicts_with = "replace")]
-        rename: bool,
-        /// A qube whose name is taken replaces the existing one, if it is halted and of the
-        /// same class (default: skipped).
-        #[arg(long)]
-        replace: bool,
-        /// References to the qube OLD (template, netvm, ...) point to NEW instead (repeatable).
-        #[arg(long, value_name = "OLD=NEW", value_parser = parse_map)]
-        map: Vec<(String, String)>,
-        /// References to qubes that are neither restored nor present are reset to the default.
-        #[arg(long)]
-        default_missing: bool,
-        /// One JSON object instead of text.
-        #[arg(long)]
-        json: bool,
         #[command(flatten)]
-        passphrase: PassphraseArgs,
+        opts: RestoreOpts,
     },
+    /// Carry out the plan: create each qube with its saved settings, then fill each volume
+    /// from the medium, every block checked against the MAC'd manifests before Qubes' volume
+    /// import commits it. A qube whose restore fails is removed again.
+    Run {
+        #[command(flatten)]
+        opts: RestoreOpts,
+        /// Stop after the first qube that fails (default: go on with the others).
+        #[arg(long)]
+        stop_on_error: bool,
+    },
+}
+
+/// What to restore, and how (shared by `restore plan` and `restore run`).
+#[derive(clap::Args, Debug)]
+pub struct RestoreOpts {
+    /// The medium: the backup qube and the receiver dataset, QUBE:DATASET.
+    #[arg(long, value_name = "QUBE:DATASET", value_parser = crate::commands::restore::Medium::parse)]
+    from: crate::commands::restore::Medium,
+    /// The backup whose set to restore (needed when the medium holds several).
+    #[arg(long)]
+    backup: Option<String>,
+    /// Only these qubes (default: every qube of the set).
+    qubes: Vec<String>,
+    /// Leave this qube out (repeatable).
+    #[arg(long, value_name = "QUBE")]
+    exclude: Vec<String>,
+    /// A qube whose name is taken is restored as name1, name2, ... (default: skipped).
+    #[arg(long, conflicts_with = "replace")]
+    rename: bool,
+    /// A qube whose name is taken replaces the existing one, if it is halted and of the same
+    /// class (default: skipped). `restore run` does not carry this out yet.
+    #[arg(long)]
+    replace: bool,
+    /// References to the qube OLD (template, netvm, ...) point to NEW instead (repeatable).
+    #[arg(long, value_name = "OLD=NEW", value_parser = parse_map)]
+    map: Vec<(String, String)>,
+    /// References to qubes that are neither restored nor present are reset to the default.
+    #[arg(long)]
+    default_missing: bool,
+    /// JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    passphrase: PassphraseArgs,
+}
+
+impl RestoreOpts {
+    fn args(&self) -> commands::restore::PlanArgs {
+        use crate::restore::plan::{Choice, Conflict};
+        commands::restore::PlanArgs {
+            medium: self.from.clone(),
+            backup: self.backup.clone(),
+            choice: Choice {
+                only: self.qubes.clone(),
+                exclude: self.exclude.clone(),
+                conflict: match (self.rename, self.replace) {
+                    (true, _) => Conflict::Rename,
+                    (_, true) => Conflict::Replace,
+                    _ => Conflict::Skip,
+                },
+                map: self.map.iter().cloned().collect(),
+                default_missing: self.default_missing,
+            },
+            passphrase: crate::key::PassphraseSource::from_fd(self.passphrase.passphrase_fd),
+            json: self.json,
+        }
+    }
 }
 
 fn parse_map(text: &str) -> std::result::Result<(String, String), String> {
@@ -371,40 +411,21 @@ pub fn run(cli: &Cli, runner: &SystemRunner) -> Result<()> {
             *json,
         ),
         Command::Restore {
+            action: RestoreCommand::Plan { opts },
+        } => commands::restore::plan(&cli.metadata_dir, runner, &qrexec, &opts.args()),
+        Command::Restore {
             action:
-                RestoreCommand::Plan {
-                    from,
-                    backup,
-                    qubes,
-                    exclude,
-                    rename,
-                    replace,
-                    map,
-                    default_missing,
-                    json,
-                    passphrase,
+                RestoreCommand::Run {
+                    opts,
+                    stop_on_error,
                 },
-        } => {
-            use crate::restore::plan::{Choice, Conflict};
-            let args = commands::restore::PlanArgs {
-                medium: from.clone(),
-                backup: backup.clone(),
-                choice: Choice {
-                    only: qubes.clone(),
-                    exclude: exclude.clone(),
-                    conflict: match (rename, replace) {
-                        (true, _) => Conflict::Rename,
-                        (_, true) => Conflict::Replace,
-                        _ => Conflict::Skip,
-                    },
-                    map: map.iter().cloned().collect(),
-                    default_missing: *default_missing,
-                },
-                passphrase: crate::key::PassphraseSource::from_fd(passphrase.passphrase_fd),
-                json: *json,
-            };
-            commands::restore::plan(&cli.metadata_dir, runner, &qrexec, &args)
-        }
+        } => commands::restore::run(
+            &cli.metadata_dir,
+            runner,
+            &qrexec,
+            &opts.args(),
+            *stop_on_error,
+        ),
     }
 }
 

@@ -193,13 +193,21 @@ pub struct PlanArgs {
 
 /// `restore plan`: the newest complete set of the backup (or the newest at all, said so),
 /// checked, and the plan of what restoring it would do here.
-pub fn plan(
+/// The checked set a restore uses, and its plan.
+struct Prepared {
+    backup: String,
+    set: FetchedSet,
+    plan: crate::restore::plan::RestorePlan,
+    keys: Keys,
+}
+
+fn prepare(
     metadata_dir: &Path,
     runner: &dyn crate::system::runner::Runner,
     connector: &dyn Connect,
     args: &PlanArgs,
-) -> Result<()> {
-    use crate::restore::plan::{self, Action, Existing, Target};
+) -> Result<Prepared> {
+    use crate::restore::plan::{self, Existing};
     let existing: Vec<Existing> = crate::system::inventory::list_qubes(runner)?
         .into_iter()
         .map(|(name, class, state)| Existing {
@@ -250,13 +258,17 @@ pub fn plan(
             )))
         }
     };
-    let of_backup: Vec<&FetchedSet> = sets.iter().filter(|s| s.index.backup == backup).collect();
-    let set = of_backup
+    let of_backup: Vec<usize> = (0..sets.len())
+        .filter(|&i| sets[i].index.backup == backup)
+        .collect();
+    let chosen = of_backup
         .iter()
         .rev()
-        .find(|s| s.index.complete)
+        .find(|&&i| sets[i].index.complete)
         .or(of_backup.last())
+        .copied()
         .expect("the backup has a set");
+    let set = sets.swap_remove(chosen);
     let Some(settings) = &set.settings else {
         return Err(Error::NothingDone(format!(
             "the set of {backup} at {} has no settings (they could not be read when it was made), so its qubes cannot be recreated",
@@ -265,12 +277,41 @@ pub fn plan(
     };
     let planned = plan::plan(settings, &set.index, &existing, &args.choice)
         .map_err(|e| Error::Refused(format!("no restore plan: {e}")))?;
+    Ok(Prepared {
+        backup,
+        set,
+        plan: planned,
+        keys,
+    })
+}
+
+/// `restore plan`: the newest complete set of the backup (or the newest at all, said so),
+/// checked, and the plan of what restoring it would do here.
+pub fn plan(
+    metadata_dir: &Path,
+    runner: &dyn crate::system::runner::Runner,
+    connector: &dyn Connect,
+    args: &PlanArgs,
+) -> Result<()> {
+    let prepared = prepare(metadata_dir, runner, connector, args)?;
+    print_plan(&prepared, &args.medium, args.json);
+    if !args.json {
+        crate::outln!(
+            "This is the plan only: `restore run` with the same arguments carries it out."
+        );
+    }
+    Ok(())
+}
+
+fn print_plan(prepared: &Prepared, medium: &Medium, json_out: bool) {
+    use crate::restore::plan::{Action, Target};
+    let (backup, set, planned) = (&prepared.backup, &prepared.set, &prepared.plan);
     let target = |t: &Target| match t {
         Target::Restored(n) => format!("{n} (restored)"),
         Target::Existing(n) => format!("{n} (existing)"),
         Target::Default => "the default".to_owned(),
     };
-    if args.json {
+    if json_out {
         crate::outln!(
             "{}",
             json!({
@@ -293,19 +334,19 @@ pub fn plan(
                 "skipped": planned.skipped.iter().map(|(n, why)| json!({"qube": n, "why": why})).collect::<Vec<_>>(),
             })
         );
-        return Ok(());
+        return;
     }
     crate::outln!(
         "Restore plan for the set of {} at {}{} from {}:{}:",
-        outside(&backup),
+        outside(backup),
         format_utc(set.index.created),
         if set.index.complete {
             ""
         } else {
             " (incomplete: the newest set of this backup; no complete one exists)"
         },
-        args.medium.qube,
-        args.medium.root
+        medium.qube,
+        medium.root
     );
     for (i, q) in planned.qubes.iter().enumerate() {
         let verb = match q.action {
@@ -336,8 +377,62 @@ pub fn plan(
     for (name, why) in &planned.skipped {
         crate::outln!("  skipped {name}: {why}");
     }
-    crate::outln!(
-        "This is the plan only: this version checks and prints it, and does not create qubes yet."
+}
+
+/// `restore run`: the plan, then each qube created and filled (see `restore::execute`).
+pub fn run(
+    metadata_dir: &Path,
+    runner: &dyn crate::system::runner::Runner,
+    connector: &dyn Connect,
+    args: &PlanArgs,
+    stop_on_error: bool,
+) -> Result<()> {
+    use crate::restore::execute::{execute, Source};
+    let prepared = prepare(metadata_dir, runner, connector, args)?;
+    print_plan(&prepared, &args.medium, args.json);
+    if prepared.plan.qubes.is_empty() {
+        return Err(Error::NothingDone(
+            "the plan restores no qube (see why above)".into(),
+        ));
+    }
+    let settings = prepared
+        .set
+        .settings
+        .as_ref()
+        .expect("prepare requires settings");
+    let scratch = metadata_dir.join("restore-scratch");
+    let source = Source {
+        connector,
+        backup_qube: args.medium.qube.as_str(),
+        root: &args.medium.root,
+        keys: &prepared.keys,
+        scratch: &scratch,
+    };
+    let mut progress = crate::stream::progress::Run::new(
+        crate::stream::progress::Mode::detect(args.json),
+        prepared.plan.qubes.iter().map(|q| q.volumes.len()).sum(),
+        None,
     );
+    let outcome = execute(
+        runner,
+        &source,
+        settings,
+        &prepared.plan,
+        stop_on_error,
+        &mut progress,
+    );
+    let _ = std::fs::remove_dir_all(&scratch);
+    crate::outln!(
+        "{} qube(s) restored, {} failed, {} setting(s) not applied",
+        outcome.restored.len(),
+        outcome.failed.len(),
+        outcome.warnings.len()
+    );
+    if let Some((name, why)) = outcome.failed.first() {
+        return Err(Error::Send(format!(
+            "the restore of {} qube(s) failed; the first, {name}: {why}",
+            outcome.failed.len()
+        )));
+    }
     Ok(())
 }

@@ -3,6 +3,9 @@
 //! Listing the sets of a medium is `commands::restore`; creating and filling qubes is a later
 //! step.
 
+pub mod admin;
+pub mod execute;
+pub mod image;
 pub mod plan;
 #[cfg(test)]
 mod tests;

@@ -11,6 +11,7 @@ pub mod medium;
 pub mod progress;
 pub mod pump;
 pub mod qrexec;
+pub mod readback;
 pub mod receiver;
 pub mod send;
 pub mod sets;

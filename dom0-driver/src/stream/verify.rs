@@ -19,16 +19,13 @@ use crate::output::{human_bytes, outside};
 use crate::state::chains::{medium_id, Chains};
 use crate::state::{BackupState, SendState};
 use crate::stream::client::Client;
-use crate::stream::medium::{fetch_chain, NoChain};
 use crate::stream::progress::{Mode, Run};
 use crate::stream::qrexec::Connect;
+use crate::stream::readback::{read_back_checked, Discard};
 use crate::stream::receiver::{inventory, on_receiver};
 use crate::stream::sets;
 use crate::system::inventory::DatasetKind;
-use qzb_protocol::manifest::{BlockCheck, ChainMerge, Expected};
 use serde_json::json;
-use std::fs::File;
-use std::io::BufReader;
 use std::path::Path;
 
 /// Options of a verify run.
@@ -123,8 +120,17 @@ pub fn verify(
             None => session.insert(connector.connect(qube)?),
         };
         let stored = stored_here(metadata_dir, qube, root, &dataset, guid, key);
-        match read_back_one(
-            s, root, &dataset, &dest, guid, stored, key, &scratch, &mut run,
+        match read_back_checked(
+            s,
+            root,
+            &dataset,
+            &dest,
+            guid,
+            stored,
+            key,
+            &scratch,
+            &mut run,
+            &mut Discard,
         ) {
             Ok(Some(summary)) => {
                 verified += 1;
@@ -284,69 +290,4 @@ fn stored_here(
         .ok()
         .flatten()?;
     (last.snapshot_guid == guid).then_some(last.seq)
-}
-
-/// Reads one zvol snapshot back and checks it against its chain. `Ok(None)`: no manifest
-/// (an error if dom0 recorded storing it there: `stored`, see [`stored_here`]).
-#[allow(clippy::too_many_arguments)]
-fn read_back_one(
-    session: &mut Client,
-    root: &qzb_protocol::DatasetName,
-    dataset: &str,
-    dest: &qzb_protocol::SnapshotName,
-    guid: u64,
-    stored: Option<u64>,
-    key: &[u8; 32],
-    scratch: &Path,
-    run: &mut Run,
-) -> Result<Option<qzb_protocol::manifest::BlockCheckSummary>> {
-    let chain = match fetch_chain(session, root, dataset, guid, key, scratch)? {
-        Ok(chain) => chain,
-        Err(NoChain::NoManifest) => {
-            return match stored {
-                Some(seq) => Err(Error::Security(format!(
-                    "the receiver lists no manifest of it, but dom0 stored one on this medium (sequence number {seq}): it was removed, or the receiver hides it"
-                ))),
-                None => Ok(None),
-            }
-        }
-    };
-    let open =
-        |chain: &crate::stream::medium::FetchedChain| -> Result<ChainMerge<BufReader<File>>> {
-            let mut parts = Vec::new();
-            for (h, p) in chain.headers.iter().zip(&chain.bodies) {
-                let f = File::open(p)
-                    .map_err(|e| Error::State(format!("cannot open {}: {e}", p.display())))?;
-                parts.push((h.clone(), BufReader::new(f)));
-            }
-            ChainMerge::new(parts)
-                .map_err(|e| Error::Security(format!("{}: {e}", outside(dataset))))
-        };
-    // A first pass over the merged manifests counts the data to expect, for progress.
-    let mut merge = open(&chain)?;
-    let (volsize, volblocksize) = (merge.volsize(), merge.volblocksize());
-    let mut expected = 0u64;
-    while let Some(region) = merge
-        .next_region()
-        .map_err(|e| Error::Security(format!("{}: {e}", outside(dataset))))?
-    {
-        if let Expected::Data { .. } = region {
-            expected += volblocksize;
-        }
-    }
-    let mut check = BlockCheck::new(open(&chain)?, *key);
-    let mut progress = run.target(dest.to_string(), Some(expected));
-    let mut seen = 0u64;
-    session.read_back(root, dest, volblocksize, volsize, &mut |offset, block| {
-        seen += block.len() as u64;
-        progress.update(seen, false);
-        check
-            .block(offset, block)
-            .map_err(|e| Error::Security(e.to_string()))
-    })?;
-    progress.update(seen, true);
-    check
-        .finish()
-        .map(Some)
-        .map_err(|e| Error::Security(e.to_string()))
 }
