@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod opts;
+mod qadmin;
 mod qubes;
 mod sendrecv;
 mod state;

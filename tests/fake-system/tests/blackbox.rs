@@ -702,6 +702,398 @@ fn qubesd_query_replies() {
     );
 }
 
+impl Sys {
+    /// `qubesd-query dom0 <method> <dest> [<arg>]` with `payload` on stdin (no `-e`).
+    fn qq(&self, method: &str, dest: &str, arg: &str, payload: &[u8]) -> String {
+        let mut a = vec!["dom0", method, dest];
+        if !arg.is_empty() {
+            a.push(arg);
+        }
+        let mut c = self
+            .cmd("dom0", "qubesd-query", &a)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let _ = c.stdin.take().unwrap().write_all(payload);
+        let o = c.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{method}: {}", err(&o));
+        out(&o)
+    }
+}
+
+const OK: &str = "0\0";
+const REFUSED: &str = "2\0PermissionDenied\0\0\0";
+
+#[test]
+fn qubesd_query_create_and_remove() {
+    let s = Sys::new("reference-system");
+    let create = |class: &str, tmpl: &str, payload: &str| {
+        s.qq(
+            &format!("admin.vm.Create.{class}"),
+            "dom0",
+            tmpl,
+            payload.as_bytes(),
+        )
+    };
+    assert_eq!(create("AppVM", "fedora-41", "name=restored label=red"), OK);
+    assert_eq!(create("TemplateVM", "", "name=tpl2 label=black"), OK);
+    assert_eq!(
+        create("StandaloneVM", "", "name=standalone1 label=blue"),
+        OK
+    );
+    let list = s.qq("admin.vm.List", "dom0", "", b"");
+    assert!(
+        list.contains("\nrestored class=AppVM state=Halted\n"),
+        "{list:?}"
+    );
+    assert!(list.contains("\ntpl2 class=TemplateVM state=Halted\n"));
+    assert!(list.contains("\nstandalone1 class=StandaloneVM state=Halted\n"));
+    assert_eq!(
+        s.qq("admin.vm.property.GetAll", "restored", "", b""),
+        "0\0klass default=True type=str AppVM\nlabel default=False type=label red\n\
+         template default=False type=vm fedora-41\n"
+    );
+    assert_eq!(
+        s.qq("admin.vm.property.GetAll", "tpl2", "", b""),
+        "0\0klass default=True type=str TemplateVM\nlabel default=False type=label black\n"
+    );
+    // qubesd tags what it creates with its caller
+    assert_eq!(
+        s.qq("admin.vm.tag.List", "restored", "", b""),
+        "0\0created-by-dom0\n"
+    );
+    // errors, in admin.py's order: template, then payload, then the name
+    assert_eq!(
+        create("AppVM", "fedora-41", "name=restored label=red"),
+        "2\0QubesValueError\0\0VM restored already exists\0"
+    );
+    assert_eq!(
+        create("AppVM", "nope", "name=x label=red"),
+        "2\0QubesVMNotFoundError\0\0No such domain: 'nope'\0"
+    );
+    assert_eq!(
+        create("TemplateVM", "fedora-41", "name=x label=red"),
+        "2\0QubesValueError\0\0TemplateVM cannot be based on template\0"
+    );
+    assert_eq!(
+        create("AppVM", "work", "name=x label=red"),
+        "2\0QubesPropertyValueError\0\0wrong VM class: domains['work'] is of type AppVM and not TemplateVM\0"
+    );
+    assert_eq!(
+        create("AppVM", "", "name=9lives label=red"),
+        "2\0QubesValueError\0\0VM name contains illegal characters\0"
+    );
+    assert_eq!(
+        create("AppVM", "", "name=x label=mauve"),
+        "2\0QubesLabelNotFoundError\0\0Label does not exist: mauve\0"
+    );
+    for bad in [
+        "name=x",
+        "label=red",
+        "name=x label=red pool=zfs-main",
+        "name=x name=y label=red",
+        "name=x  label=red",
+        "",
+    ] {
+        assert_eq!(create("AppVM", "", bad), REFUSED, "{bad:?}");
+    }
+    assert_eq!(
+        s.qq("admin.vm.Create.AppVM", "work", "", b"name=x label=red"),
+        REFUSED
+    );
+    // an unknown class is no method of qubesd
+    let o = s.run(
+        "qubesd-query",
+        &["-e", "dom0", "admin.vm.Create.FooVM", "dom0"],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    // nothing failed was written
+    assert!(!s.qq("admin.vm.List", "dom0", "", b"").contains("\nx class"));
+
+    // Remove: dom0, running, in use (template), then removed
+    let remove = |vm: &str| s.qq("admin.vm.Remove", vm, "", b"");
+    assert_eq!(
+        remove("dom0"),
+        "2\0QubesVMInUseError\0\0'dom0' cannot be removed\0"
+    );
+    assert_eq!(
+        remove("work"),
+        "2\0QubesVMNotHaltedError\0\0Domain is not powered off: 'work'\0"
+    );
+    assert_eq!(
+        remove("fedora-41"),
+        "2\0QubesVMInUseError\0\0Domain is in use: 'fedora-41';see 'journalctl -u qubesd -e' in dom0 for details\0"
+    );
+    assert_eq!(
+        remove("nope"),
+        "2\0QubesVMNotFoundError\0\0No such domain: 'nope'\0"
+    );
+    assert_eq!(s.qq("admin.vm.Remove", "restored", "x", b""), REFUSED);
+    assert_eq!(remove("restored"), OK);
+    assert!(!s.qq("admin.vm.List", "dom0", "", b"").contains("restored"));
+    assert_eq!(
+        s.qq("admin.vm.property.GetAll", "restored", "", b""),
+        "2\0QubesVMNotFoundError\0\0No such domain: 'restored'\0"
+    );
+    // the name can be used again
+    assert_eq!(
+        create("AppVM", "fedora-41", "name=restored label=green"),
+        OK
+    );
+}
+
+#[test]
+fn qubesd_query_properties_features_tags_firewall_devices_round_trip() {
+    let s = Sys::new("reference-system");
+    let set = |prop: &str, v: &str| s.qq("admin.vm.property.Set", "vault", prop, v.as_bytes());
+    assert_eq!(set("label", "purple"), OK);
+    assert_eq!(set("memory", "800"), OK);
+    assert_eq!(set("netvm", ""), OK);
+    assert_eq!(set("default_dispvm", "disp1234"), OK);
+    assert_eq!(set("description", "two\nlines"), OK);
+    assert_eq!(
+        s.qq("admin.vm.property.GetAll", "vault", "", b""),
+        "0\0default_dispvm default=False type=vm disp1234\n\
+         description default=False type=str two\\nlines\n\
+         klass default=True type=str AppVM\n\
+         label default=False type=label purple\n\
+         memory default=False type=int 800\n\
+         netvm default=False type=vm \n\
+         template default=False type=vm fedora-41\n"
+    );
+    assert_eq!(
+        s.qq("admin.vm.property.Get", "vault", "memory", b""),
+        "0\0default=False type=int 800"
+    );
+    assert_eq!(s.qq("admin.vm.property.Reset", "vault", "memory", b""), OK);
+    assert_eq!(s.qq("admin.vm.property.Reset", "vault", "netvm", b""), OK);
+    assert_eq!(
+        s.qq("admin.vm.property.Reset", "vault", "nothing-set", b""),
+        OK
+    );
+    let all = s.qq("admin.vm.property.GetAll", "vault", "", b"");
+    assert!(!all.contains("memory") && !all.contains("netvm"), "{all:?}");
+    // refusals
+    assert_eq!(
+        set("klass", "TemplateVM"),
+        "2\0QubesNoSuchPropertyError\0\0Invalid property 'klass' of vault\0"
+    );
+    for ro in ["name", "qid", "uuid"] {
+        assert_eq!(set(ro, "x"), REFUSED, "{ro}");
+        assert_eq!(s.qq("admin.vm.property.Reset", "vault", ro, b""), REFUSED);
+    }
+    assert_eq!(
+        set("template", "nope"),
+        "2\0QubesPropertyValueError\0\0Can't set template to non-existing qube nope\0"
+    );
+    assert_eq!(
+        set("vcpus", "many"),
+        "2\0QubesValueError\0\0Failed to parse property value as int\0"
+    );
+    assert_eq!(
+        set("label", "mauve"),
+        "2\0QubesLabelNotFoundError\0\0Label does not exist: mauve\0"
+    );
+    assert_eq!(
+        set("description", "caf\u{e9}"),
+        "2\0QubesValueError\0\0Non-ASCII bytes in property value\0"
+    );
+    assert_eq!(
+        s.qq("admin.vm.property.Set", "nope", "label", b"red"),
+        "2\0QubesVMNotFoundError\0\0No such domain: 'nope'\0"
+    );
+    assert_eq!(
+        s.qq("admin.vm.property.Reset", "vault", "label", b"x"),
+        REFUSED
+    );
+    assert!(s
+        .qq("admin.vm.property.GetAll", "vault", "", b"")
+        .contains("label default=False type=label purple\n"));
+
+    // features
+    assert_eq!(
+        s.qq("admin.vm.feature.Set", "vault", "service.crond", b"1"),
+        OK
+    );
+    assert_eq!(s.qq("admin.vm.feature.Set", "vault", "os", b"Linux"), OK);
+    assert_eq!(s.qq("admin.vm.feature.Set", "vault", "empty", b""), OK);
+    assert_eq!(
+        s.qq("admin.vm.feature.List", "vault", "", b""),
+        "0\0empty\nos\nservice.crond\n"
+    );
+    assert_eq!(s.qq("admin.vm.feature.Get", "vault", "os", b""), "0\0Linux");
+    assert_eq!(s.qq("admin.vm.feature.Set", "vault", "os", b"Linux2"), OK);
+    assert_eq!(
+        s.qq("admin.vm.feature.Get", "vault", "os", b""),
+        "0\0Linux2"
+    );
+    assert_eq!(
+        s.qq("admin.vm.feature.Set", "vault", "x", "\u{e9}".as_bytes()),
+        REFUSED
+    );
+
+    // tags: a set, listed sorted
+    for t in ["zz-last", "audit", "audit"] {
+        assert_eq!(s.qq("admin.vm.tag.Set", "vault", t, b""), OK);
+    }
+    assert_eq!(
+        s.qq("admin.vm.tag.List", "vault", "", b""),
+        "0\0audit\nzz-last\n"
+    );
+    assert_eq!(s.qq("admin.vm.tag.Set", "vault", "bad.tag", b""), REFUSED);
+    assert_eq!(s.qq("admin.vm.tag.Set", "vault", "t", b"payload"), REFUSED);
+
+    // firewall: the rules as sent, one per line
+    let rules = "action=accept dsthost=example.com proto=tcp dstports=443-443\n\
+                 action=accept specialtarget=dns\n\
+                 action=drop comment=the rest, with spaces\n";
+    assert_eq!(
+        s.qq("admin.vm.firewall.Set", "vault", "", rules.as_bytes()),
+        OK
+    );
+    assert_eq!(
+        s.qq("admin.vm.firewall.Get", "vault", "", b""),
+        format!("0\0{rules}")
+    );
+    for bad in [
+        "proto=tcp\n",
+        "action=maybe\n",
+        "action=accept action=drop\n",
+        "action=accept frob=1\n",
+        "\n",
+    ] {
+        assert_eq!(
+            s.qq("admin.vm.firewall.Set", "vault", "", bad.as_bytes()),
+            REFUSED,
+            "{bad:?}"
+        );
+    }
+    assert_eq!(
+        s.qq("admin.vm.firewall.Set", "dom0", "", b"action=accept\n"),
+        REFUSED
+    );
+    assert_eq!(
+        s.qq("admin.vm.firewall.Get", "vault", "", b""),
+        format!("0\0{rules}")
+    );
+    assert_eq!(s.qq("admin.vm.firewall.Set", "vault", "", b""), OK);
+    assert_eq!(s.qq("admin.vm.firewall.Get", "vault", "", b""), OK);
+
+    // devices: `<backend>+<port>:<devid> <options>`, sorted, once each
+    let pci = "sys-usb+00_14.0:8086_a36d";
+    let opts = "device_id='8086_a36d' port_id='00_14.0' devclass='pci' backend_domain='sys-usb' mode='required' frontend_domain='vault' _no-strict-reset='True'";
+    let blk = "disp1234+xvdi:*";
+    let bopts = "device_id='*' port_id='xvdi' devclass='block' backend_domain='disp1234' mode='auto-attach' frontend_domain='vault' read-only='True'";
+    assert_eq!(
+        s.qq("admin.vm.device.pci.Assign", "vault", pci, opts.as_bytes()),
+        OK
+    );
+    assert_eq!(
+        s.qq(
+            "admin.vm.device.block.Assign",
+            "vault",
+            blk,
+            bopts.as_bytes()
+        ),
+        OK
+    );
+    assert_eq!(
+        s.qq("admin.vm.device.pci.Assigned", "vault", "", b""),
+        format!("0\0{pci} {opts}\n")
+    );
+    assert_eq!(
+        s.qq("admin.vm.device.block.Assigned", "vault", "", b""),
+        format!("0\0{blk} {bopts}\n")
+    );
+    assert_eq!(
+        s.qq("admin.vm.device.pci.Assign", "vault", pci, opts.as_bytes()),
+        format!("2\0DeviceAlreadyAssigned\0\0pci device {pci} already assigned to vault\0")
+    );
+    assert_eq!(
+        s.qq(
+            "admin.vm.device.pci.Assign",
+            "vault",
+            "nope+00_1.0:x",
+            opts.as_bytes()
+        ),
+        REFUSED
+    );
+    assert_eq!(
+        s.qq("admin.vm.device.pci.Assign", "vault", pci, b""),
+        REFUSED
+    );
+    let o = s.run(
+        "qubesd-query",
+        &["-e", "dom0", "admin.vm.device.gpu.Assign", "vault", pci],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    // a qube that provides a device assigned to another cannot be removed
+    assert_eq!(
+        s.qq(
+            "admin.vm.Create.StandaloneVM",
+            "dom0",
+            "",
+            b"name=usbprov label=red"
+        ),
+        OK
+    );
+    let usb = "usbprov+2-1:0781_5581";
+    assert_eq!(
+        s.qq(
+            "admin.vm.device.usb.Assign",
+            "vault",
+            usb,
+            b"mode='auto-attach'"
+        ),
+        OK
+    );
+    assert_eq!(
+        s.qq("admin.vm.Remove", "usbprov", "", b""),
+        "2\0QubesVMInUseError\0\0VM has devices attached persistently to other VMs: 2-1\0"
+    );
+}
+
+#[test]
+fn qubesd_query_reads_its_payload_like_qubesd_query_py() {
+    let s = Sys::new("reference-system");
+    // the read methods take no payload
+    assert_eq!(s.qq("admin.vm.tag.List", "work", "", b"x"), REFUSED);
+    // at most 64 KiB: argparse's error, exit 2, nothing sent
+    let big = vec![b'a'; 65537];
+    let mut c = s
+        .cmd(
+            "dom0",
+            "qubesd-query",
+            &["dom0", "admin.vm.feature.Set", "work", "big"],
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _ = c.stdin.take().unwrap().write_all(&big);
+    let o = c.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        err(&o).ends_with("qubesd-query: error: Payload too long (max 65536)\n"),
+        "{}",
+        err(&o)
+    );
+    assert_eq!(s.qq("admin.vm.feature.List", "work", "", b""), "0\0");
+    assert_eq!(
+        s.qq("admin.vm.feature.Set", "work", "big", &big[..65536]),
+        OK
+    );
+    // --fail: exit 2 on an exception, as for the read methods
+    let o = s.run(
+        "qubesd-query",
+        &["--fail", "-e", "dom0", "admin.vm.Remove", "work"],
+    );
+    assert_eq!(o.status.code(), Some(2));
+}
+
 #[test]
 fn xl_list_long_is_json_with_disks() {
     let s = Sys::new("reference-system");
