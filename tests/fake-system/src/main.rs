@@ -1,5 +1,5 @@
 //! `qzb-fake`: one multi-call binary standing in for `zfs`, `qubesd-query`, `xl`,
-//! `qrexec-client` and `qrexec-policy-exec`, acting by the basename of argv[0].
+//! `qrexec-client`, `qrexec-policy-exec` and `qvm-volume`, acting by the basename of argv[0].
 //! State lives under `$QZB_FAKE_ROOT` (see README.md). Anything outside the modelled
 //! argv prints `qzb-fake <tool>: unsupported: <argv>` and exits 2.
 #![forbid(unsafe_code)]
@@ -7,6 +7,7 @@
 mod opts;
 mod qadmin;
 mod qubes;
+mod qvm_volume;
 mod sendrecv;
 mod state;
 mod stream;
@@ -18,12 +19,13 @@ mod zfs;
 use std::io::Write;
 use std::path::Path;
 
-pub const TOOLS: [&str; 5] = [
+pub const TOOLS: [&str; 6] = [
     "zfs",
     "qubesd-query",
     "xl",
     "qrexec-client",
     "qrexec-policy-exec",
+    "qvm-volume",
 ];
 
 fn log_call(root: &Path, host: &str, tool: &str, args: &[String]) {
@@ -182,6 +184,7 @@ fn main() {
         "qubesd-query" => qubes::qubesd_query(&root, args),
         "xl" => qubes::xl(&root, args),
         "qrexec-client" => qubes::qrexec_client(&root, args),
+        "qvm-volume" => qvm_volume::main(&root, args),
         _ => qubes::qrexec_policy_exec(&root, args),
     };
     let _ = std::io::stdout().flush();
