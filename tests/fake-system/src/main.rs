@@ -107,9 +107,22 @@ fn admin(args: &[String]) -> i32 {
                 1
             }
         },
+        Some("volume-image") if args.len() == 4 => {
+            let r = state::read(Path::new(&args[1]), &args[2]).and_then(|st| {
+                let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+                vol::write_image(&st.zfs, &args[2], &args[3], &mut out)
+            });
+            match r {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("{e}");
+                    1
+                }
+            }
+        }
         _ => {
             eprintln!(
-                "usage: qzb-fake install-links <bindir>\n       qzb-fake init <fixture-dir> <state-dir>\n       qzb-fake token-decode <token>\n       (or run through a symlink named one of: {})",
+                "usage: qzb-fake install-links <bindir>\n       qzb-fake init <fixture-dir> <state-dir>\n       qzb-fake token-decode <token>\n       qzb-fake volume-image <state-dir> <host> <volume@snapshot>\n       (or run through a symlink named one of: {})",
                 TOOLS.join(", ")
             );
             2

@@ -1773,3 +1773,115 @@ fn a_corrupted_volume_stream_fails_its_checksum() {
     );
     assert!(!o.status.success());
 }
+
+/// `qzb-fake volume-image <state> <host> <snap>`
+fn volume_image(s: &Sys, host: &str, snap: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_qzb-fake"))
+        .arg("volume-image")
+        .arg(s.dir.join("state"))
+        .args([host, snap])
+        .output()
+        .unwrap()
+}
+
+/// The image a full stream's object 1 makes: zeros, then each WRITE at its offset.
+fn image_of(stream: &[u8], volsize: usize) -> Vec<u8> {
+    let b = tap(stream);
+    let mut img = vec![0u8; volsize];
+    for (off, block) in &b.writes {
+        let off = *off as usize;
+        let n = block.len().min(volsize - off);
+        img[off..off + n].copy_from_slice(&block[..n]);
+    }
+    img
+}
+
+#[test]
+fn volume_image_is_what_a_full_send_carries() {
+    let s = Sys::new("reference-system");
+    let tiny = "mainpool/qubes/tiny";
+    for args in [
+        vec!["create", "-V", "1M", tiny],
+        vec!["snapshot", &format!("{tiny}@a")],
+        vec!["snapshot", &format!("{tiny}@b")],
+    ] {
+        let o = s.zfs("dom0", &args);
+        assert!(o.status.success(), "{args:?}: {}", err(&o));
+    }
+    let mut images = Vec::new();
+    for snap in ["a", "b"] {
+        let full = format!("{tiny}@{snap}");
+        let o = volume_image(&s, "dom0", &full);
+        assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+        assert_eq!(o.stdout.len(), 1 << 20);
+        let stream = send_on(&s, "dom0", &["-L", "-c", &full], &[]);
+        assert!(o.stdout == image_of(&stream, 1 << 20), "@{snap}");
+        // written blocks and holes both there
+        let data = o
+            .stdout
+            .chunks(16384)
+            .filter(|b| b.iter().any(|&x| x != 0))
+            .count();
+        assert!((10..64).contains(&data), "@{snap}: {data} blocks with data");
+        images.push(o.stdout);
+    }
+    assert_ne!(images[0], images[1], "@b's delta changed blocks");
+    // a received copy has the same image; one with a dropped block differs in that block only
+    let stream = send_on(&s, "dom0", &[&format!("{tiny}@b")], &[]);
+    let o = receive_bytes(&s, &stream, &[&format!("{R}/tiny")], &[]);
+    assert!(o.status.success(), "{}", err(&o));
+    let o = volume_image(&s, "backups-disp", &format!("{R}/tiny@b"));
+    assert!(o.stdout == images[1]);
+    let dropped = send_on(
+        &s,
+        "dom0",
+        &[&format!("{tiny}@b")],
+        &[("QZB_FAKE_SEND_DROP_BLOCK", "1")],
+    );
+    let o = receive_bytes(&s, &dropped, &[&format!("{R}/tiny2")], &[]);
+    assert!(o.status.success(), "{}", err(&o));
+    let got = volume_image(&s, "backups-disp", &format!("{R}/tiny2@b")).stdout;
+    let off = tap(&stream).writes[1].0 as usize;
+    assert!(got[off..off + 16384].iter().all(|&x| x == 0));
+    assert!(images[1][off..off + 16384].iter().any(|&x| x != 0));
+    assert!(got[..off] == images[1][..off] && got[off + 16384..] == images[1][off + 16384..]);
+    // not a volume snapshot
+    for (host, snap, msg) in [
+        (
+            "dom0",
+            "mainpool/qubes/tiny@zz",
+            "cannot open 'mainpool/qubes/tiny@zz': dataset does not exist\n",
+        ),
+        (
+            "dom0",
+            "mainpool/qubes/tiny",
+            "cannot open 'mainpool/qubes/tiny': dataset does not exist\n",
+        ),
+        (
+            "dom0",
+            "mainpool/dom0@b1",
+            "'mainpool/dom0' is not a volume\n",
+        ),
+    ] {
+        let o = volume_image(&s, host, snap);
+        assert_eq!((o.status.code(), err(&o).as_str()), (Some(1), msg));
+        assert!(o.stdout.is_empty());
+    }
+    assert_eq!(volume_image(&s, "nohost", "a@b").status.code(), Some(1));
+    // what a restore test does: import the image into a new qube and compare byte for byte
+    assert_eq!(
+        s.qq(
+            "admin.vm.Create.AppVM",
+            "dom0",
+            "fedora-41",
+            b"name=tiny label=red"
+        ),
+        OK
+    );
+    let o = s.qvm_volume(
+        &["import", "--size=1048576", "tiny:private", "-"],
+        &images[1],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    assert!(std::fs::read(s.dir.join("state/imported/tiny/private.img")).unwrap() == images[1]);
+}
