@@ -1,11 +1,13 @@
 //! `qzb-fake`: one multi-call binary standing in for `zfs`, `qubesd-query`, `xl`,
-//! `qrexec-client` and `qrexec-policy-exec`, acting by the basename of argv[0].
+//! `qrexec-client`, `qrexec-policy-exec` and `qvm-volume`, acting by the basename of argv[0].
 //! State lives under `$QZB_FAKE_ROOT` (see README.md). Anything outside the modelled
 //! argv prints `qzb-fake <tool>: unsupported: <argv>` and exits 2.
 #![forbid(unsafe_code)]
 
 mod opts;
+mod qadmin;
 mod qubes;
+mod qvm_volume;
 mod sendrecv;
 mod state;
 mod stream;
@@ -17,12 +19,13 @@ mod zfs;
 use std::io::Write;
 use std::path::Path;
 
-pub const TOOLS: [&str; 5] = [
+pub const TOOLS: [&str; 6] = [
     "zfs",
     "qubesd-query",
     "xl",
     "qrexec-client",
     "qrexec-policy-exec",
+    "qvm-volume",
 ];
 
 fn log_call(root: &Path, host: &str, tool: &str, args: &[String]) {
@@ -104,9 +107,22 @@ fn admin(args: &[String]) -> i32 {
                 1
             }
         },
+        Some("volume-image") if args.len() == 4 => {
+            let r = state::read(Path::new(&args[1]), &args[2]).and_then(|st| {
+                let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+                vol::write_image(&st.zfs, &args[2], &args[3], &mut out)
+            });
+            match r {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("{e}");
+                    1
+                }
+            }
+        }
         _ => {
             eprintln!(
-                "usage: qzb-fake install-links <bindir>\n       qzb-fake init <fixture-dir> <state-dir>\n       qzb-fake token-decode <token>\n       (or run through a symlink named one of: {})",
+                "usage: qzb-fake install-links <bindir>\n       qzb-fake init <fixture-dir> <state-dir>\n       qzb-fake token-decode <token>\n       qzb-fake volume-image <state-dir> <host> <volume@snapshot>\n       (or run through a symlink named one of: {})",
                 TOOLS.join(", ")
             );
             2
@@ -181,6 +197,7 @@ fn main() {
         "qubesd-query" => qubes::qubesd_query(&root, args),
         "xl" => qubes::xl(&root, args),
         "qrexec-client" => qubes::qrexec_client(&root, args),
+        "qvm-volume" => qvm_volume::main(&root, args),
         _ => qubes::qrexec_policy_exec(&root, args),
     };
     let _ = std::io::stdout().flush();

@@ -1,13 +1,12 @@
 //! fake `qubesd-query`, `xl`, `qrexec-client`, `qrexec-policy-exec`.
 
 use crate::opts::getopt;
-use crate::state::{self, Qube, Qubes};
+use crate::state::{self, HostFile, Qube, Qubes};
 use crate::zfs::{fatal, unsupported};
 use std::io::{Read, Write};
 use std::path::Path;
 
-fn qubes_of(root: &Path) -> Result<Qubes, String> {
-    let st = state::read(root, "dom0")?;
+fn with_dom0(st: HostFile) -> Result<Qubes, String> {
     let mut q = st.qubes.ok_or("dom0.json has no \"qubes\" section")?;
     q.domains.entry("dom0".into()).or_insert_with(|| Qube {
         class: "AdminVM".into(),
@@ -18,6 +17,48 @@ fn qubes_of(root: &Path) -> Result<Qubes, String> {
     Ok(q)
 }
 
+pub fn qubes_of(root: &Path) -> Result<Qubes, String> {
+    with_dom0(state::read(root, "dom0")?)
+}
+
+/// `qubesd_query.py`'s limit on the payload it reads from stdin.
+const MAX_PAYLOAD_SIZE: u64 = 65536;
+const USAGE: &str = "usage: qubesd-query [-h] [--connect PATH] [--empty] [--fail] [--max-bytes MAX_BYTES] [--single-line] [--null] SRC METHOD DEST [ARGUMENT]";
+
+/// Where `qvm-volume import` keeps the data of `<qube>`'s volumes.
+pub fn imported_dir(root: &Path, qube: &str) -> std::path::PathBuf {
+    root.join("imported").join(qube)
+}
+
+/// A mutating Admin API call (src/qadmin.rs) under the state lock: dom0.json is written only
+/// when the call succeeds. `admin.vm.Remove` also drops the qube's imported volume data.
+fn admin_write(
+    root: &Path,
+    method: &str,
+    dest: &str,
+    arg: &str,
+    payload: &[u8],
+) -> Result<Option<Reply>, String> {
+    let _lock = state::Lock::acquire(root)?;
+    let mut st = state::load(root, "dom0")?;
+    let mut q = with_dom0(st.clone())?;
+    let Some(reply) = crate::qadmin::apply(&mut q, method, dest, arg, payload) else {
+        return Ok(None);
+    };
+    if let Reply::Ok(_) = reply {
+        st.qubes = Some(q);
+        state::save(root, "dom0", &st)?;
+        if method == "admin.vm.Remove" {
+            let dir = imported_dir(root, dest);
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir)
+                    .map_err(|e| format!("cannot remove {}: {e}", dir.display()))?;
+            }
+        }
+    }
+    Ok(Some(reply))
+}
+
 fn py_bool(b: bool) -> &'static str {
     if b {
         "True"
@@ -26,7 +67,7 @@ fn py_bool(b: bool) -> &'static str {
     }
 }
 
-enum Reply {
+pub enum Reply {
     Ok(String),
     Exc(&'static str, String),
 }
@@ -149,12 +190,8 @@ fn admin_call(q: &Qubes, method: &str, dest: &str, arg: &str) -> Option<Reply> {
             }
             match vm.properties.get(arg) {
                 Some(v) => {
-                    let ty = if ["template", "netvm", "default_dispvm"].contains(&arg) {
-                        "vm"
-                    } else {
-                        "str"
-                    };
-                    Reply::Ok(format!("default=False type={ty} {v}"))
+                    let (default, ty) = property_shape(arg);
+                    Reply::Ok(format!("default={default} type={ty} {v}"))
                 }
                 None => Reply::Exc(
                     "QubesNoSuchPropertyError",
@@ -250,20 +287,41 @@ pub fn qubesd_query(root: &Path, args: &[String]) -> i32 {
     if pos.len() < 3 || pos.len() > 4 {
         return unsupported("qubesd-query", &all);
     }
+    let mut payload = Vec::new();
     if !empty {
-        let mut sink = Vec::new();
-        let _ = std::io::stdin().read_to_end(&mut sink);
+        // qubesd_query.py reads one byte more than it allows, to refuse a longer payload
+        let _ = std::io::stdin()
+            .take(MAX_PAYLOAD_SIZE + 1)
+            .read_to_end(&mut payload);
+        if payload.len() as u64 > MAX_PAYLOAD_SIZE {
+            eprintln!("{USAGE}\nqubesd-query: error: Payload too long (max {MAX_PAYLOAD_SIZE})");
+            return 2;
+        }
     }
     let arg = pos.get(3).cloned().unwrap_or_default();
-    let q = match qubes_of(root) {
-        Ok(q) => q,
-        Err(e) => return fatal(e),
-    };
     if pos[0] != "dom0" {
         return unsupported("qubesd-query", &all);
     }
-    let Some(reply) = admin_call(&q, &pos[1], &pos[2], &arg) else {
-        return unsupported("qubesd-query", &all);
+    let (method, dest) = (pos[1].as_str(), pos[2].as_str());
+    let reply = if crate::qadmin::is_write(method) {
+        match admin_write(root, method, dest, &arg, &payload) {
+            Ok(Some(r)) => r,
+            Ok(None) => return unsupported("qubesd-query", &all),
+            Err(e) => return fatal(e),
+        }
+    } else {
+        let q = match qubes_of(root) {
+            Ok(q) => q,
+            Err(e) => return fatal(e),
+        };
+        match admin_call(&q, method, dest, &arg) {
+            None => return unsupported("qubesd-query", &all),
+            // the read methods take no payload (ProtocolError: the connection is closed)
+            Some(_) if !payload.is_empty() && q.domains.contains_key(dest) => {
+                Reply::Exc("PermissionDenied", String::new())
+            }
+            Some(r) => r,
+        }
     };
     let mut out = Vec::new();
     let code = match reply {

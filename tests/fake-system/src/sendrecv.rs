@@ -15,7 +15,7 @@ fn env_u64(k: &str) -> Option<u64> {
 
 /// Fault knobs apply if QZB_FAKE_<X>_MATCH (if set) is a substring of `subject`, and
 /// QZB_FAKE_FAULT_ONCE (if set) names a file that does not exist yet (it is then created).
-fn fault_applies(prefix: &str, subject: &str) -> bool {
+pub(crate) fn fault_applies(prefix: &str, subject: &str) -> bool {
     if let Ok(m) = std::env::var(format!("QZB_FAKE_{prefix}_MATCH")) {
         if !subject.contains(&m) {
             return false;

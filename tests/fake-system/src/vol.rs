@@ -241,6 +241,60 @@ pub fn touched_after(steps: &[Step], from_guid: u64) -> Option<Vec<[u64; 2]>> {
     Some(out)
 }
 
+/// Writes the raw image of the volume snapshot `full` (`ds@snap`) of `z`: `volsize` bytes, each
+/// block as [`block`] makes it from the generator the content model gives it, zeros for holes and
+/// blocks never written. It is what the blocks of a full `zfs send` of that snapshot make.
+pub fn write_image(
+    z: &Zfs,
+    host: &str,
+    full: &str,
+    out: &mut impl std::io::Write,
+) -> Result<(), String> {
+    let missing = || format!("cannot open '{full}': dataset does not exist");
+    let (dn, sn) = full.split_once('@').ok_or_else(missing)?;
+    let d = z.datasets.get(dn).ok_or_else(missing)?;
+    if !d.snapshots.iter().any(|s| s.name == sn) {
+        return Err(missing());
+    }
+    if d.kind != Kind::Volume {
+        return Err(format!("'{dn}' is not a volume"));
+    }
+    let steps = chain(z, host, full).ok_or_else(missing)?;
+    let c = content(&steps);
+    let (bs, size) = (volblocksize(d), volsize(d));
+    let nblk = size.div_ceil(bs);
+    let zeros = vec![0u8; bs as usize];
+    let mut buf = vec![0u8; bs as usize];
+    let io = |e: std::io::Error| format!("write: {e}");
+    let mut b = 0u64;
+    let mut put = |b: u64, g: u64, out: &mut dyn std::io::Write| -> Result<(), String> {
+        let off = b * bs;
+        let len = bs.min(size - off) as usize;
+        if g != 0 && !is_zero(g, off) {
+            block(g, off, &mut buf);
+            out.write_all(&buf[..len]).map_err(io)
+        } else {
+            out.write_all(&zeros[..len]).map_err(io)
+        }
+    };
+    for &[s, e, g] in &c.ext {
+        let (s, e) = (s.clamp(b, nblk), e.min(nblk));
+        while b < s {
+            put(b, 0, out)?;
+            b += 1;
+        }
+        while b < e {
+            put(b, g, out)?;
+            b += 1;
+        }
+    }
+    while b < nblk {
+        put(b, 0, out)?;
+        b += 1;
+    }
+    out.flush().map_err(io)
+}
+
 /// A snapshot's guid as this host names it.
 pub fn guid_of(s: &Snapshot, dataset: &str, host: &str) -> u64 {
     s.guid_for(host, &format!("{dataset}@{}", s.name))

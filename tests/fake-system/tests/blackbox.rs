@@ -702,6 +702,552 @@ fn qubesd_query_replies() {
     );
 }
 
+impl Sys {
+    /// `qubesd-query dom0 <method> <dest> [<arg>]` with `payload` on stdin (no `-e`).
+    fn qq(&self, method: &str, dest: &str, arg: &str, payload: &[u8]) -> String {
+        let mut a = vec!["dom0", method, dest];
+        if !arg.is_empty() {
+            a.push(arg);
+        }
+        let mut c = self
+            .cmd("dom0", "qubesd-query", &a)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let _ = c.stdin.take().unwrap().write_all(payload);
+        let o = c.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{method}: {}", err(&o));
+        out(&o)
+    }
+}
+
+const OK: &str = "0\0";
+const REFUSED: &str = "2\0PermissionDenied\0\0\0";
+
+#[test]
+fn qubesd_query_create_and_remove() {
+    let s = Sys::new("reference-system");
+    let create = |class: &str, tmpl: &str, payload: &str| {
+        s.qq(
+            &format!("admin.vm.Create.{class}"),
+            "dom0",
+            tmpl,
+            payload.as_bytes(),
+        )
+    };
+    assert_eq!(create("AppVM", "fedora-41", "name=restored label=red"), OK);
+    assert_eq!(create("TemplateVM", "", "name=tpl2 label=black"), OK);
+    assert_eq!(
+        create("StandaloneVM", "", "name=standalone1 label=blue"),
+        OK
+    );
+    let list = s.qq("admin.vm.List", "dom0", "", b"");
+    assert!(
+        list.contains("\nrestored class=AppVM state=Halted\n"),
+        "{list:?}"
+    );
+    assert!(list.contains("\ntpl2 class=TemplateVM state=Halted\n"));
+    assert!(list.contains("\nstandalone1 class=StandaloneVM state=Halted\n"));
+    assert_eq!(
+        s.qq("admin.vm.property.GetAll", "restored", "", b""),
+        "0\0klass default=True type=str AppVM\nlabel default=False type=label red\n\
+         template default=False type=vm fedora-41\n"
+    );
+    assert_eq!(
+        s.qq("admin.vm.property.GetAll", "tpl2", "", b""),
+        "0\0klass default=True type=str TemplateVM\nlabel default=False type=label black\n"
+    );
+    // qubesd tags what it creates with its caller
+    assert_eq!(
+        s.qq("admin.vm.tag.List", "restored", "", b""),
+        "0\0created-by-dom0\n"
+    );
+    // errors, in admin.py's order: template, then payload, then the name
+    assert_eq!(
+        create("AppVM", "fedora-41", "name=restored label=red"),
+        "2\0QubesValueError\0\0VM restored already exists\0"
+    );
+    assert_eq!(
+        create("AppVM", "nope", "name=x label=red"),
+        "2\0QubesVMNotFoundError\0\0No such domain: 'nope'\0"
+    );
+    assert_eq!(
+        create("TemplateVM", "fedora-41", "name=x label=red"),
+        "2\0QubesValueError\0\0TemplateVM cannot be based on template\0"
+    );
+    assert_eq!(
+        create("AppVM", "work", "name=x label=red"),
+        "2\0QubesPropertyValueError\0\0wrong VM class: domains['work'] is of type AppVM and not TemplateVM\0"
+    );
+    assert_eq!(
+        create("AppVM", "", "name=9lives label=red"),
+        "2\0QubesValueError\0\0VM name contains illegal characters\0"
+    );
+    assert_eq!(
+        create("AppVM", "", "name=x label=mauve"),
+        "2\0QubesLabelNotFoundError\0\0Label does not exist: mauve\0"
+    );
+    for bad in [
+        "name=x",
+        "label=red",
+        "name=x label=red pool=zfs-main",
+        "name=x name=y label=red",
+        "name=x  label=red",
+        "",
+    ] {
+        assert_eq!(create("AppVM", "", bad), REFUSED, "{bad:?}");
+    }
+    assert_eq!(
+        s.qq("admin.vm.Create.AppVM", "work", "", b"name=x label=red"),
+        REFUSED
+    );
+    // an unknown class is no method of qubesd
+    let o = s.run(
+        "qubesd-query",
+        &["-e", "dom0", "admin.vm.Create.FooVM", "dom0"],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    // nothing failed was written
+    assert!(!s.qq("admin.vm.List", "dom0", "", b"").contains("\nx class"));
+
+    // Remove: dom0, running, in use (template), then removed
+    let remove = |vm: &str| s.qq("admin.vm.Remove", vm, "", b"");
+    assert_eq!(
+        remove("dom0"),
+        "2\0QubesVMInUseError\0\0'dom0' cannot be removed\0"
+    );
+    assert_eq!(
+        remove("work"),
+        "2\0QubesVMNotHaltedError\0\0Domain is not powered off: 'work'\0"
+    );
+    assert_eq!(
+        remove("fedora-41"),
+        "2\0QubesVMInUseError\0\0Domain is in use: 'fedora-41';see 'journalctl -u qubesd -e' in dom0 for details\0"
+    );
+    assert_eq!(
+        remove("nope"),
+        "2\0QubesVMNotFoundError\0\0No such domain: 'nope'\0"
+    );
+    assert_eq!(s.qq("admin.vm.Remove", "restored", "x", b""), REFUSED);
+    assert_eq!(remove("restored"), OK);
+    assert!(!s.qq("admin.vm.List", "dom0", "", b"").contains("restored"));
+    assert_eq!(
+        s.qq("admin.vm.property.GetAll", "restored", "", b""),
+        "2\0QubesVMNotFoundError\0\0No such domain: 'restored'\0"
+    );
+    // the name can be used again
+    assert_eq!(
+        create("AppVM", "fedora-41", "name=restored label=green"),
+        OK
+    );
+}
+
+#[test]
+fn qubesd_query_properties_features_tags_firewall_devices_round_trip() {
+    let s = Sys::new("reference-system");
+    let set = |prop: &str, v: &str| s.qq("admin.vm.property.Set", "vault", prop, v.as_bytes());
+    assert_eq!(set("label", "purple"), OK);
+    assert_eq!(set("memory", "800"), OK);
+    assert_eq!(set("netvm", ""), OK);
+    assert_eq!(set("default_dispvm", "disp1234"), OK);
+    assert_eq!(set("description", "two\nlines"), OK);
+    assert_eq!(
+        s.qq("admin.vm.property.GetAll", "vault", "", b""),
+        "0\0default_dispvm default=False type=vm disp1234\n\
+         description default=False type=str two\\nlines\n\
+         klass default=True type=str AppVM\n\
+         label default=False type=label purple\n\
+         memory default=False type=int 800\n\
+         netvm default=False type=vm \n\
+         template default=False type=vm fedora-41\n"
+    );
+    assert_eq!(
+        s.qq("admin.vm.property.Get", "vault", "memory", b""),
+        "0\0default=False type=int 800"
+    );
+    assert_eq!(s.qq("admin.vm.property.Reset", "vault", "memory", b""), OK);
+    assert_eq!(s.qq("admin.vm.property.Reset", "vault", "netvm", b""), OK);
+    assert_eq!(
+        s.qq("admin.vm.property.Reset", "vault", "nothing-set", b""),
+        OK
+    );
+    let all = s.qq("admin.vm.property.GetAll", "vault", "", b"");
+    assert!(!all.contains("memory") && !all.contains("netvm"), "{all:?}");
+    // refusals
+    assert_eq!(
+        set("klass", "TemplateVM"),
+        "2\0QubesNoSuchPropertyError\0\0Invalid property 'klass' of vault\0"
+    );
+    for ro in ["name", "qid", "uuid"] {
+        assert_eq!(set(ro, "x"), REFUSED, "{ro}");
+        assert_eq!(s.qq("admin.vm.property.Reset", "vault", ro, b""), REFUSED);
+    }
+    assert_eq!(
+        set("template", "nope"),
+        "2\0QubesPropertyValueError\0\0Can't set template to non-existing qube nope\0"
+    );
+    assert_eq!(
+        set("vcpus", "many"),
+        "2\0QubesValueError\0\0Failed to parse property value as int\0"
+    );
+    assert_eq!(
+        set("label", "mauve"),
+        "2\0QubesLabelNotFoundError\0\0Label does not exist: mauve\0"
+    );
+    assert_eq!(
+        set("description", "caf\u{e9}"),
+        "2\0QubesValueError\0\0Non-ASCII bytes in property value\0"
+    );
+    assert_eq!(
+        s.qq("admin.vm.property.Set", "nope", "label", b"red"),
+        "2\0QubesVMNotFoundError\0\0No such domain: 'nope'\0"
+    );
+    assert_eq!(
+        s.qq("admin.vm.property.Reset", "vault", "label", b"x"),
+        REFUSED
+    );
+    assert!(s
+        .qq("admin.vm.property.GetAll", "vault", "", b"")
+        .contains("label default=False type=label purple\n"));
+
+    // features
+    assert_eq!(
+        s.qq("admin.vm.feature.Set", "vault", "service.crond", b"1"),
+        OK
+    );
+    assert_eq!(s.qq("admin.vm.feature.Set", "vault", "os", b"Linux"), OK);
+    assert_eq!(s.qq("admin.vm.feature.Set", "vault", "empty", b""), OK);
+    assert_eq!(
+        s.qq("admin.vm.feature.List", "vault", "", b""),
+        "0\0empty\nos\nservice.crond\n"
+    );
+    assert_eq!(s.qq("admin.vm.feature.Get", "vault", "os", b""), "0\0Linux");
+    assert_eq!(s.qq("admin.vm.feature.Set", "vault", "os", b"Linux2"), OK);
+    assert_eq!(
+        s.qq("admin.vm.feature.Get", "vault", "os", b""),
+        "0\0Linux2"
+    );
+    assert_eq!(
+        s.qq("admin.vm.feature.Set", "vault", "x", "\u{e9}".as_bytes()),
+        REFUSED
+    );
+
+    // tags: a set, listed sorted
+    for t in ["zz-last", "audit", "audit"] {
+        assert_eq!(s.qq("admin.vm.tag.Set", "vault", t, b""), OK);
+    }
+    assert_eq!(
+        s.qq("admin.vm.tag.List", "vault", "", b""),
+        "0\0audit\nzz-last\n"
+    );
+    assert_eq!(s.qq("admin.vm.tag.Set", "vault", "bad.tag", b""), REFUSED);
+    assert_eq!(s.qq("admin.vm.tag.Set", "vault", "t", b"payload"), REFUSED);
+
+    // firewall: the rules as sent, one per line
+    let rules = "action=accept dsthost=example.com proto=tcp dstports=443-443\n\
+                 action=accept specialtarget=dns\n\
+                 action=drop comment=the rest, with spaces\n";
+    assert_eq!(
+        s.qq("admin.vm.firewall.Set", "vault", "", rules.as_bytes()),
+        OK
+    );
+    assert_eq!(
+        s.qq("admin.vm.firewall.Get", "vault", "", b""),
+        format!("0\0{rules}")
+    );
+    for bad in [
+        "proto=tcp\n",
+        "action=maybe\n",
+        "action=accept action=drop\n",
+        "action=accept frob=1\n",
+        "\n",
+    ] {
+        assert_eq!(
+            s.qq("admin.vm.firewall.Set", "vault", "", bad.as_bytes()),
+            REFUSED,
+            "{bad:?}"
+        );
+    }
+    assert_eq!(
+        s.qq("admin.vm.firewall.Set", "dom0", "", b"action=accept\n"),
+        REFUSED
+    );
+    assert_eq!(
+        s.qq("admin.vm.firewall.Get", "vault", "", b""),
+        format!("0\0{rules}")
+    );
+    assert_eq!(s.qq("admin.vm.firewall.Set", "vault", "", b""), OK);
+    assert_eq!(s.qq("admin.vm.firewall.Get", "vault", "", b""), OK);
+
+    // devices: `<backend>+<port>:<devid> <options>`, sorted, once each
+    let pci = "sys-usb+00_14.0:8086_a36d";
+    let opts = "device_id='8086_a36d' port_id='00_14.0' devclass='pci' backend_domain='sys-usb' mode='required' frontend_domain='vault' _no-strict-reset='True'";
+    let blk = "disp1234+xvdi:*";
+    let bopts = "device_id='*' port_id='xvdi' devclass='block' backend_domain='disp1234' mode='auto-attach' frontend_domain='vault' read-only='True'";
+    assert_eq!(
+        s.qq("admin.vm.device.pci.Assign", "vault", pci, opts.as_bytes()),
+        OK
+    );
+    assert_eq!(
+        s.qq(
+            "admin.vm.device.block.Assign",
+            "vault",
+            blk,
+            bopts.as_bytes()
+        ),
+        OK
+    );
+    assert_eq!(
+        s.qq("admin.vm.device.pci.Assigned", "vault", "", b""),
+        format!("0\0{pci} {opts}\n")
+    );
+    assert_eq!(
+        s.qq("admin.vm.device.block.Assigned", "vault", "", b""),
+        format!("0\0{blk} {bopts}\n")
+    );
+    assert_eq!(
+        s.qq("admin.vm.device.pci.Assign", "vault", pci, opts.as_bytes()),
+        format!("2\0DeviceAlreadyAssigned\0\0pci device {pci} already assigned to vault\0")
+    );
+    assert_eq!(
+        s.qq(
+            "admin.vm.device.pci.Assign",
+            "vault",
+            "nope+00_1.0:x",
+            opts.as_bytes()
+        ),
+        REFUSED
+    );
+    assert_eq!(
+        s.qq("admin.vm.device.pci.Assign", "vault", pci, b""),
+        REFUSED
+    );
+    let o = s.run(
+        "qubesd-query",
+        &["-e", "dom0", "admin.vm.device.gpu.Assign", "vault", pci],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    // a qube that provides a device assigned to another cannot be removed
+    assert_eq!(
+        s.qq(
+            "admin.vm.Create.StandaloneVM",
+            "dom0",
+            "",
+            b"name=usbprov label=red"
+        ),
+        OK
+    );
+    let usb = "usbprov+2-1:0781_5581";
+    assert_eq!(
+        s.qq(
+            "admin.vm.device.usb.Assign",
+            "vault",
+            usb,
+            b"mode='auto-attach'"
+        ),
+        OK
+    );
+    assert_eq!(
+        s.qq("admin.vm.Remove", "usbprov", "", b""),
+        "2\0QubesVMInUseError\0\0VM has devices attached persistently to other VMs: 2-1\0"
+    );
+}
+
+#[test]
+fn qubesd_query_reads_its_payload_like_qubesd_query_py() {
+    let s = Sys::new("reference-system");
+    // the read methods take no payload
+    assert_eq!(s.qq("admin.vm.tag.List", "work", "", b"x"), REFUSED);
+    // at most 64 KiB: argparse's error, exit 2, nothing sent
+    let big = vec![b'a'; 65537];
+    let mut c = s
+        .cmd(
+            "dom0",
+            "qubesd-query",
+            &["dom0", "admin.vm.feature.Set", "work", "big"],
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _ = c.stdin.take().unwrap().write_all(&big);
+    let o = c.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        err(&o).ends_with("qubesd-query: error: Payload too long (max 65536)\n"),
+        "{}",
+        err(&o)
+    );
+    assert_eq!(s.qq("admin.vm.feature.List", "work", "", b""), "0\0");
+    assert_eq!(
+        s.qq("admin.vm.feature.Set", "work", "big", &big[..65536]),
+        OK
+    );
+    // --fail: exit 2 on an exception, as for the read methods
+    let o = s.run(
+        "qubesd-query",
+        &["--fail", "-e", "dom0", "admin.vm.Remove", "work"],
+    );
+    assert_eq!(o.status.code(), Some(2));
+}
+
+impl Sys {
+    /// `qvm-volume <args>` with `input` on stdin.
+    fn qvm_volume(&self, args: &[&str], input: &[u8]) -> Output {
+        let mut c = self
+            .cmd("dom0", "qvm-volume", args)
+            .env_remove("QZB_FAKE_IMPORT_FAIL")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = c.stdin.take().unwrap();
+        // the tool may stop reading early (a refused import, a byte too many)
+        let _ = stdin.write_all(input);
+        drop(stdin);
+        c.wait_with_output().unwrap()
+    }
+    fn imported(&self, qube: &str) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.dir.join("state/imported").join(qube))
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+#[test]
+fn qvm_volume_import_stores_exactly_size_bytes() {
+    let s = Sys::new("reference-system");
+    assert_eq!(
+        s.qq(
+            "admin.vm.Create.AppVM",
+            "dom0",
+            "fedora-41",
+            b"name=restored label=red"
+        ),
+        OK
+    );
+    // data with a hole in the middle (stored sparse, read back the same)
+    let mut data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8 + 1).collect();
+    data[70_000..200_000].fill(0);
+    let n = data.len().to_string();
+    let size = format!("--size={n}");
+    let o = s.qvm_volume(&["import", &size, "restored:private", "-"], &data);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    assert_eq!(err(&o), "");
+    let img = s.dir.join("state/imported/restored/private.img");
+    assert_eq!(std::fs::read(&img).unwrap(), data);
+    assert_eq!(
+        s.qq("admin.vm.volume.List", "restored", "", b""),
+        "0\0private\n"
+    );
+    let info = s.qq("admin.vm.volume.Info", "restored", "private", b"");
+    assert!(info.contains(&format!("\nsize={n}\n")), "{info:?}");
+    // `--size N` too; an existing volume of a halted qube gets the new size
+    let o = s.qvm_volume(&["import", "--size", "5", "vault:private", "-"], b"hello");
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    assert_eq!(
+        std::fs::read(s.dir.join("state/imported/vault/private.img")).unwrap(),
+        b"hello"
+    );
+    let info = s.qq("admin.vm.volume.Info", "vault", "private", b"");
+    assert!(info.contains("\nsize=5\n"), "{info:?}");
+    assert_eq!(
+        s.qq("admin.vm.volume.List", "vault", "", b""),
+        "0\0root\nprivate\nvolatile\nkernel\n"
+    );
+    let before = std::fs::read_to_string(s.dir.join("state/dom0.json")).unwrap();
+
+    // short and long input: the volume, its file and dom0.json unchanged, no temporary file left
+    let o = s.qvm_volume(
+        &["import", "--size=20", "vault:private", "-"],
+        b"0123456789",
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        err(&o),
+        "Data import failed: not enough data (copied 10 bytes, expected 20 bytes)\n"
+    );
+    let o = s.qvm_volume(&["import", "--size=4", "vault:private", "-"], b"0123456789");
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        err(&o),
+        "Data import failed: too much data (expected 4 bytes)\n"
+    );
+    // the fault knob, through fake.env as the driver's cleared environment needs
+    std::fs::write(s.dir.join("bin/fake.env"), "QZB_FAKE_IMPORT_FAIL=1\n").unwrap();
+    let o = s.qvm_volume(&["import", "--size=5", "vault:private", "-"], b"world");
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(err(&o), "Data import failed: error copying data\n");
+    std::fs::write(
+        s.dir.join("bin/fake.env"),
+        "QZB_FAKE_IMPORT_FAIL=1\nQZB_FAKE_IMPORT_MATCH=:root\n",
+    )
+    .unwrap();
+    let o = s.qvm_volume(&["import", "--size=5", "vault:root", "-"], b"world");
+    assert_eq!(err(&o), "Data import failed: error copying data\n");
+    std::fs::remove_file(s.dir.join("bin/fake.env")).unwrap();
+    assert_eq!(s.imported("vault"), ["private.img"]);
+    assert_eq!(
+        std::fs::read(s.dir.join("state/imported/vault/private.img")).unwrap(),
+        b"hello"
+    );
+    assert_eq!(
+        std::fs::read_to_string(s.dir.join("state/dom0.json")).unwrap(),
+        before
+    );
+
+    // refused before any data: unknown qube, dom0, a running qube
+    let o = s.qvm_volume(&["import", "--size=5", "nope:private", "-"], b"hello");
+    assert_eq!(
+        (o.status.code(), err(&o).as_str()),
+        (Some(1), "qvm-volume: error: no vm 'nope'\n")
+    );
+    let o = s.qvm_volume(&["import", "--size=5", "dom0:root", "-"], b"hello");
+    assert_eq!(
+        (o.status.code(), err(&o).as_str()),
+        (
+            Some(1),
+            "qvm-volume: error: vm 'dom0' has no volume 'root'\n"
+        )
+    );
+    let o = s.qvm_volume(&["import", "--size=5", "work:private", "-"], b"hello");
+    assert_eq!(
+        (o.status.code(), err(&o).as_str()),
+        (Some(1), "Domain is not powered off: 'work'\n")
+    );
+    assert!(s.imported("work").is_empty());
+
+    // anything else is not modelled
+    for args in [
+        vec!["import", "vault:private", "-"],
+        vec!["import", "--size=5", "vault:private", "/tmp/file"],
+        vec!["import", "--no-resize", "vault:private", "-"],
+        vec!["import", "--size=x", "vault:private", "-"],
+        vec!["import", "--size=5", "vault", "-"],
+        vec!["list"],
+        vec![],
+    ] {
+        let o = s.qvm_volume(&args, b"hello");
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert!(
+            err(&o).starts_with("qzb-fake qvm-volume: unsupported: "),
+            "{args:?}"
+        );
+    }
+    // removing the qube drops its volumes' data
+    assert_eq!(s.qq("admin.vm.Remove", "restored", "", b""), OK);
+    assert!(!s.dir.join("state/imported/restored").exists());
+}
+
 #[test]
 fn xl_list_long_is_json_with_disks() {
     let s = Sys::new("reference-system");
@@ -1226,4 +1772,116 @@ fn a_corrupted_volume_stream_fails_its_checksum() {
         &["list", "-H", "-o", "name", &format!("{R}/x")],
     );
     assert!(!o.status.success());
+}
+
+/// `qzb-fake volume-image <state> <host> <snap>`
+fn volume_image(s: &Sys, host: &str, snap: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_qzb-fake"))
+        .arg("volume-image")
+        .arg(s.dir.join("state"))
+        .args([host, snap])
+        .output()
+        .unwrap()
+}
+
+/// The image a full stream's object 1 makes: zeros, then each WRITE at its offset.
+fn image_of(stream: &[u8], volsize: usize) -> Vec<u8> {
+    let b = tap(stream);
+    let mut img = vec![0u8; volsize];
+    for (off, block) in &b.writes {
+        let off = *off as usize;
+        let n = block.len().min(volsize - off);
+        img[off..off + n].copy_from_slice(&block[..n]);
+    }
+    img
+}
+
+#[test]
+fn volume_image_is_what_a_full_send_carries() {
+    let s = Sys::new("reference-system");
+    let tiny = "mainpool/qubes/tiny";
+    for args in [
+        vec!["create", "-V", "1M", tiny],
+        vec!["snapshot", &format!("{tiny}@a")],
+        vec!["snapshot", &format!("{tiny}@b")],
+    ] {
+        let o = s.zfs("dom0", &args);
+        assert!(o.status.success(), "{args:?}: {}", err(&o));
+    }
+    let mut images = Vec::new();
+    for snap in ["a", "b"] {
+        let full = format!("{tiny}@{snap}");
+        let o = volume_image(&s, "dom0", &full);
+        assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+        assert_eq!(o.stdout.len(), 1 << 20);
+        let stream = send_on(&s, "dom0", &["-L", "-c", &full], &[]);
+        assert!(o.stdout == image_of(&stream, 1 << 20), "@{snap}");
+        // written blocks and holes both there
+        let data = o
+            .stdout
+            .chunks(16384)
+            .filter(|b| b.iter().any(|&x| x != 0))
+            .count();
+        assert!((10..64).contains(&data), "@{snap}: {data} blocks with data");
+        images.push(o.stdout);
+    }
+    assert_ne!(images[0], images[1], "@b's delta changed blocks");
+    // a received copy has the same image; one with a dropped block differs in that block only
+    let stream = send_on(&s, "dom0", &[&format!("{tiny}@b")], &[]);
+    let o = receive_bytes(&s, &stream, &[&format!("{R}/tiny")], &[]);
+    assert!(o.status.success(), "{}", err(&o));
+    let o = volume_image(&s, "backups-disp", &format!("{R}/tiny@b"));
+    assert!(o.stdout == images[1]);
+    let dropped = send_on(
+        &s,
+        "dom0",
+        &[&format!("{tiny}@b")],
+        &[("QZB_FAKE_SEND_DROP_BLOCK", "1")],
+    );
+    let o = receive_bytes(&s, &dropped, &[&format!("{R}/tiny2")], &[]);
+    assert!(o.status.success(), "{}", err(&o));
+    let got = volume_image(&s, "backups-disp", &format!("{R}/tiny2@b")).stdout;
+    let off = tap(&stream).writes[1].0 as usize;
+    assert!(got[off..off + 16384].iter().all(|&x| x == 0));
+    assert!(images[1][off..off + 16384].iter().any(|&x| x != 0));
+    assert!(got[..off] == images[1][..off] && got[off + 16384..] == images[1][off + 16384..]);
+    // not a volume snapshot
+    for (host, snap, msg) in [
+        (
+            "dom0",
+            "mainpool/qubes/tiny@zz",
+            "cannot open 'mainpool/qubes/tiny@zz': dataset does not exist\n",
+        ),
+        (
+            "dom0",
+            "mainpool/qubes/tiny",
+            "cannot open 'mainpool/qubes/tiny': dataset does not exist\n",
+        ),
+        (
+            "dom0",
+            "mainpool/dom0@b1",
+            "'mainpool/dom0' is not a volume\n",
+        ),
+    ] {
+        let o = volume_image(&s, host, snap);
+        assert_eq!((o.status.code(), err(&o).as_str()), (Some(1), msg));
+        assert!(o.stdout.is_empty());
+    }
+    assert_eq!(volume_image(&s, "nohost", "a@b").status.code(), Some(1));
+    // what a restore test does: import the image into a new qube and compare byte for byte
+    assert_eq!(
+        s.qq(
+            "admin.vm.Create.AppVM",
+            "dom0",
+            "fedora-41",
+            b"name=tiny label=red"
+        ),
+        OK
+    );
+    let o = s.qvm_volume(
+        &["import", "--size=1048576", "tiny:private", "-"],
+        &images[1],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    assert!(std::fs::read(s.dir.join("state/imported/tiny/private.img")).unwrap() == images[1]);
 }
