@@ -14,7 +14,7 @@ use crate::system::runner::{Exit, Runner, Spawned};
 /// How long the import may take to commit after its last byte.
 const COMMIT_LIMIT: Duration = Duration::from_secs(600);
 
-const ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 
 /// A volume import fed by a checked read-back.
 pub struct Import<'r> {
