@@ -1,5 +1,5 @@
 //! `cargo xtask demo`: the whole workflow of the seed README (key init, check, import, snapshot,
-//! calc, send, verify with read-back, restore list and plan) with the real binaries, against the bundled fake Qubes+ZFS system
+//! calc, send, verify with read-back, restore list, plan and run) with the real binaries, against the bundled fake Qubes+ZFS system
 //! (tests/fixtures/demo-system) where no Qubes or ZFS exists. The fake `zfs`, `qubesd-query`,
 //! `xl` and `qrexec-client` are first on PATH; the stand-in `qrexec-client` execs the real
 //! receiver agent, so every byte goes through the real protocol.
@@ -143,16 +143,48 @@ pub fn run() -> Result<(), String> {
         0,
     )?;
     demo.driver(
-        "   restore plan: the qubes still exist here, so --rename restores them as new qubes (the plan only: creating qubes is not built yet)",
+        "   restore plan: the qubes still exist here, so --rename restores them as new qubes",
         &[
             "restore",
             "plan",
             "--from",
             "backups-disp:backuppool/backups/mydesktop",
             "--rename",
+            "vault",
+            "work",
         ],
         &[],
         0,
+    )?;
+    demo.driver(
+        "   restore run: vault and work come back as vault1 and work1, their settings through the Admin API and every block checked before Qubes' volume import commits it",
+        &[
+            "restore",
+            "run",
+            "--from",
+            "backups-disp:backuppool/backups/mydesktop",
+            "--rename",
+            "vault",
+            "work",
+        ],
+        &[],
+        0,
+    )?;
+    demo.driver(
+        "   a compromised backup qube alters a block during the restore: the qube is not created (exit 8)",
+        &[
+            "restore",
+            "run",
+            "--from",
+            "backups-disp:backuppool/backups/mydesktop",
+            "--rename",
+            "personal-email",
+        ],
+        &[
+            ("QZB_FAKE_SEND_MATCH", "backuppool"),
+            ("QZB_FAKE_SEND_FLIP_BLOCK", "2"),
+        ],
+        8,
     )?;
     println!(
         "\nDemo finished. Everything it made is in {}.",
