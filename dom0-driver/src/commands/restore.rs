@@ -268,6 +268,25 @@ fn prepare(
         .or(of_backup.last())
         .copied()
         .expect("the backup has a set");
+    // While dom0's state of the backup exists, the medium's newest set must be the one it
+    // stored last on this medium: an older genuine set replayed is refused. (After total loss
+    // only the MAC'd dates, shown by `restore list`, tell.)
+    let store = crate::state::Store::new(metadata_dir);
+    if store.exists(&backup) {
+        let state = store.load(&backup)?;
+        let medium =
+            crate::state::chains::medium_id(args.medium.qube.as_str(), args.medium.root.as_str());
+        let newest = &sets[*of_backup.last().expect("the backup has a set")];
+        if let Some(last) = state.last_set.as_ref().filter(|l| l.medium == medium) {
+            if !newest.is(last) {
+                return Err(Error::Security(format!(
+                    "the newest set of {backup} on the medium (of {}) is not the one dom0 stored last (of {}): an older set was replayed or the index replaced; not restoring from it",
+                    format_utc(newest.index.created),
+                    format_utc(last.created)
+                )));
+            }
+        }
+    }
     let set = sets.swap_remove(chosen);
     let Some(settings) = &set.settings else {
         return Err(Error::NothingDone(format!(

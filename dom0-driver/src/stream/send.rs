@@ -731,10 +731,16 @@ impl Auth<'_> {
         state: &mut BackupState,
         run: &Run,
     ) -> Result<()> {
-        let now = std::time::SystemTime::now()
+        let clock = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
+        // Set times name the blobs and order the sets: strictly increasing per backup, even
+        // for two runs in one second (or a clock set back), so no set replaces another.
+        let now = match &state.last_set {
+            Some(last) if last.created >= clock => last.created + 1,
+            _ => clock,
+        };
         let datasets: Vec<String> = state
             .targets
             .iter()

@@ -122,6 +122,15 @@ pub fn store_set(
 pub struct FetchedSet {
     pub index: SetIndex,
     pub settings: Option<SettingsDoc>,
+    /// blake3 of the sealed index, hex: what dom0 records as [`LastSet::blake3`].
+    pub sealed_hash: String,
+}
+
+impl FetchedSet {
+    /// Whether this is the set dom0 recorded storing last.
+    pub fn is(&self, last: &LastSet) -> bool {
+        self.index.created == last.created && self.sealed_hash == last.blake3
+    }
 }
 
 fn fetch(
@@ -159,7 +168,7 @@ fn open_set(
     id: &str,
     created: u64,
     keys: &Keys,
-) -> Result<(FetchedSet, [u8; 32])> {
+) -> Result<FetchedSet> {
     let name = blob(format!("sets/{id}/{created:016x}.index"))?;
     let sealed = fetch(session, root, &name, Purpose::SetIndex)?;
     let index = SetIndex::open(&sealed, &keys.metadata)
@@ -193,10 +202,11 @@ fn open_set(
             )
         }
     };
-    Ok((
-        FetchedSet { index, settings },
-        *blake3::hash(&sealed).as_bytes(),
-    ))
+    Ok(FetchedSet {
+        index,
+        settings,
+        sealed_hash: blake3::hash(&sealed).to_hex().to_string(),
+    })
 }
 
 /// Fetches and checks the newest set index of `state`'s backup and its settings: `Ok(None)`
@@ -219,16 +229,13 @@ pub fn fetch_newest(
     let Some(created) = newest else {
         return Ok(None);
     };
-    let (set, hash) = open_set(session, root, &id, created, keys)?;
-    if let Some(last) = &state.last_set {
-        let hash = blake3::Hash::from_bytes(hash).to_hex().to_string();
-        if last.created != created || last.blake3 != hash {
-            return Err(Error::Security(format!(
-                "the newest set index on the medium ({}) is not the one dom0 stored last (at {}): the receiver rolled the backup back or replaced the index",
-                set_blob(&backup, created, "index")?,
-                crate::state::format_utc(last.created)
-            )));
-        }
+    let set = open_set(session, root, &id, created, keys)?;
+    if let Some(last) = state.last_set.as_ref().filter(|last| !set.is(last)) {
+        return Err(Error::Security(format!(
+            "the newest set index on the medium ({}) is not the one dom0 stored last (at {}): the receiver rolled the backup back or replaced the index",
+            set_blob(&backup, created, "index")?,
+            crate::state::format_utc(last.created)
+        )));
     }
     Ok(Some(set))
 }
@@ -251,7 +258,7 @@ pub fn list_all(
     for (id, created) in found {
         let name = format!("sets/{id}/{created:016x}.index");
         match open_set(session, root, &id, created, keys) {
-            Ok((set, _)) => out.push((name, Ok(set))),
+            Ok(set) => out.push((name, Ok(set))),
             Err(e @ Error::Security(_)) => out.push((name, Err(e))),
             // The session itself failed: nothing more can be read through it.
             Err(e) => return Err(e),

@@ -136,3 +136,48 @@ fn a_qube_whose_name_is_taken_is_skipped_and_nothing_is_restored() {
         run.stdout
     );
 }
+
+#[test]
+fn an_older_genuine_set_replayed_as_the_newest_is_refused_while_dom0_knows_better() {
+    let sys = FakeSystem::new("reference-system");
+    let file = sys.write(
+        "vols.yaml",
+        &datasets_config("vols", "b1", "beginning", &[VAULT]),
+    );
+    sys.driver(&["import", &file]).expect(0);
+    sys.init_key();
+    // A first run that fails mid-stream stores an (incomplete) set; the second a complete one.
+    sys.set_fake_env("QZB_FAKE_SEND_DIE_AFTER", "100000");
+    sys.set_fake_env("QZB_FAKE_SEND_MATCH", "vault/private");
+    sys.driver(&["send", "vols"]).expect(8);
+    sys.set_fake_env("QZB_FAKE_SEND_DIE_AFTER", "");
+    sys.set_fake_env("QZB_FAKE_SEND_MATCH", "");
+    // (Set times are strictly increasing per backup, even within one second.)
+    sys.driver(&["send", "vols"]).expect(0);
+    let mut indexes: Vec<std::path::PathBuf> = Vec::new();
+    let mut dirs = vec![sys.meta_base()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|x| x == "index") {
+                indexes.push(p);
+            }
+        }
+    }
+    indexes.sort();
+    assert_eq!(indexes.len(), 2, "{indexes:?}");
+    // The backup qube hides the newest set: the older genuine one looks newest.
+    std::fs::remove_file(&indexes[1]).unwrap();
+    let _ = std::fs::remove_file(indexes[1].with_extension("settings"));
+    let run = restore(&sys, &["--rename"]);
+    run.expect(9);
+    assert!(
+        run.stderr.contains("is not the one dom0 stored last")
+            && run.stderr.contains("an older set was replayed"),
+        "{}",
+        run.stderr
+    );
+    assert!(domain(&sys, "vault1").is_null());
+}
