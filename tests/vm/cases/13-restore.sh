@@ -9,7 +9,14 @@
 #     then `restore run --rename` again (vault2), same content;
 #  4. a backup qube whose read-back returns other data: the restore fails (exit 8), the qube is
 #     removed again and no volume is committed.
+#
+# Behind a flag (QZB_VM_RESTORE=1), so CI's default run stays under its 30 minutes:
+#   QZB_VM_RESTORE=1 tests/vm/ci.sh 13-restore.sh
 set -euo pipefail
+if [ "${QZB_VM_RESTORE:-0}" != 1 ]; then
+  echo "SKIP: the restore case runs only with QZB_VM_RESTORE=1"
+  exit 0
+fi
 . "$(dirname "$0")/../guest/lib.sh"
 . "$(dirname "$0")/../guest/driver.sh"
 qzb_ensure_fixture
