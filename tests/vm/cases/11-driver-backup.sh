@@ -162,7 +162,8 @@ qzb_log "3. a lying receiver and a tampered medium fail verify"
 # A backup qube whose read-back returns other data (it keeps the snapshot with the right guid,
 # but what it reads back is a decoy's blocks): a wrapper zfs, first on PATH, answers the
 # agent's read-back of vault/private@qzb-b2 with the decoy's stream.
-zfs create -V 64M -o volblocksize=16K "$ROOT/decoy"
+# The same size and block size as vault/private, so the lie is caught by the tags, not by the geometry.
+zfs create -V "$(zfs get -H -p -o value volsize "$C/vault/private")" -o volblocksize="$(zfs get -H -p -o value volblocksize "$C/vault/private")" "$ROOT/decoy"
 qzb_write_random "$ROOT/decoy" 0 4
 zfs snapshot "$ROOT/decoy@x"
 mkdir -p "$W/liar"

@@ -119,7 +119,8 @@ h=$(restored_hash vault2)
 echo "  vault2 (fresh dom0, passphrase only) equals the source too"
 
 qzb_log "4. a lying backup qube: the restore fails and commits nothing"
-zfs create -V 64M -o volblocksize=16K "$ROOT/decoy"
+# The same size and block size as vault/private, so the lie is caught by the tags, not by the geometry.
+zfs create -V "$(zfs get -H -p -o value volsize "$C/vault/private")" -o volblocksize="$(zfs get -H -p -o value volblocksize "$C/vault/private")" "$ROOT/decoy"
 qzb_write_random "$ROOT/decoy" 0 4
 zfs snapshot "$ROOT/decoy@x"
 mkdir -p "$W/liar"
