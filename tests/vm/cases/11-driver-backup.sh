@@ -163,7 +163,7 @@ qzb_log "3. a lying receiver and a tampered medium fail verify"
 # but what it reads back is a decoy's blocks): a wrapper zfs, first on PATH, answers the
 # agent's read-back of vault/private@qzb-b2 with the decoy's stream.
 # The same size and block size as vault/private, so the lie is caught by the tags, not by the geometry.
-zfs create -V "$(zfs get -H -p -o value volsize "$C/vault/private")" -o volblocksize="$(zfs get -H -p -o value volblocksize "$C/vault/private")" "$ROOT/decoy"
+zfs create -s -V "$(zfs get -H -p -o value volsize "$C/vault/private")" -o volblocksize="$(zfs get -H -p -o value volblocksize "$C/vault/private")" "$ROOT/decoy"
 qzb_write_random "$ROOT/decoy" 0 4
 zfs snapshot "$ROOT/decoy@x"
 mkdir -p "$W/liar"

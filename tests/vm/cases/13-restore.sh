@@ -120,7 +120,7 @@ echo "  vault2 (fresh dom0, passphrase only) equals the source too"
 
 qzb_log "4. a lying backup qube: the restore fails and commits nothing"
 # The same size and block size as vault/private, so the lie is caught by the tags, not by the geometry.
-zfs create -V "$(zfs get -H -p -o value volsize "$C/vault/private")" -o volblocksize="$(zfs get -H -p -o value volblocksize "$C/vault/private")" "$ROOT/decoy"
+zfs create -s -V "$(zfs get -H -p -o value volsize "$C/vault/private")" -o volblocksize="$(zfs get -H -p -o value volblocksize "$C/vault/private")" "$ROOT/decoy"
 qzb_write_random "$ROOT/decoy" 0 4
 zfs snapshot "$ROOT/decoy@x"
 mkdir -p "$W/liar"
