@@ -65,7 +65,9 @@ fn a_zvol_sent_with_a_key_is_read_back_and_verified_block_by_block() {
     let status = sys.driver(&["status", "vols"]);
     assert!(
         status.stdout.contains("manifest: on the medium")
-            && status.stdout.contains("set index: the last one stored on the medium is of "),
+            && status
+                .stdout
+                .contains("set index: the last one stored on the medium is of "),
         "{}",
         status.stdout
     );
