@@ -19,6 +19,8 @@
 //!   data path, `dom0_driver::stream::pump::pump` (reader/framer thread + writer thread), then
 //!   the end frame, then reads the result.
 //! * The agent is the real `qubes-zfs-backup-receiver` binary (release build).
+//! * Arms `zs` and `tap` (module [`tap`]): the same pipeline with a real zvol send stream as
+//!   the source, without and with the driver's stream tap in the framer (issue 13).
 //!
 //! The arms alternate (cat, qzb, cat, qzb, ...) on the same stream size; the medians are
 //! compared. A first, smaller run of the qzb arm checks memory at a second size. Peak RSS is
@@ -37,6 +39,9 @@ use qzb_protocol::{
     expect_hello, read_reply, send_hello, write_request, DatasetKind, DatasetName, ReceiveMode,
     ReceiveRequest, ReceiveResult, Reply, Request, Role, SnapshotName, MAX_DATA_CHUNK,
 };
+
+mod tap;
+use tap::Mode;
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -62,6 +67,7 @@ const AGENT_ENV: &str = "QZB_BENCH_AGENT";
 pub fn run(args: &[String]) -> Result<(), String> {
     match args.first().map(String::as_str) {
         Some("source") => source(&args[1..]),
+        Some("zsource") => tap::zsource(&args[1..]),
         Some("zfs") => fake_zfs(&args[1..]),
         Some("frame") => frame(&args[1..]),
         _ => orchestrate(args),
@@ -98,6 +104,8 @@ fn human(bytes: u64) -> String {
         format!("{} GiB", bytes / GIB)
     } else if bytes.is_multiple_of(MIB) {
         format!("{} MiB", bytes / MIB)
+    } else if bytes >= MIB {
+        format!("{:.1} MiB", bytes as f64 / MIB as f64)
     } else {
         format!("{bytes} B")
     }
@@ -265,10 +273,20 @@ struct FrameReport {
 }
 
 fn frame(args: &[String]) -> Result<(), String> {
-    let [bytes, agent, xtask] = args else {
-        return Err("frame: usage: frame BYTES AGENT XTASK".into());
+    let (bytes, agent, xtask, mode, spool) = match args {
+        [bytes, agent, xtask] => (bytes, agent, xtask, Mode::Plain, None),
+        [bytes, agent, xtask, mode, spool] => (
+            bytes,
+            agent,
+            xtask,
+            Mode::parse(mode)?,
+            Some(Path::new(spool)),
+        ),
+        _ => return Err("frame: usage: frame BYTES AGENT XTASK [MODE SPOOL]".into()),
     };
     let bytes = parse_size(bytes)?;
+    let mut observer = tap::Observer::new(mode, bytes, spool.unwrap_or(Path::new(".")))?;
+    let expected = mode.stream_bytes(bytes);
     let mut agent = Command::new(agent)
         .env("QREXEC_REMOTE_DOMAIN", "dom0")
         .stdin(Stdio::piped())
@@ -306,7 +324,7 @@ fn frame(args: &[String]) -> Result<(), String> {
 
     let started = Instant::now();
     let mut source = Command::new(xtask)
-        .args(["bench-stream", "source", &bytes.to_string()])
+        .args(["bench-stream", mode.source(), &bytes.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()
@@ -320,7 +338,7 @@ fn frame(args: &[String]) -> Result<(), String> {
         from_source,
         &mut to_agent,
         &activity,
-        &mut |_| Ok(()),
+        &mut |chunk| observer.observe(chunk),
         || {},
         |_| {},
     );
@@ -334,6 +352,7 @@ fn frame(args: &[String]) -> Result<(), String> {
     if !source_status.success() {
         return Err(format!("frame: source {source_status}"));
     }
+    observer.finish()?;
     pumped
         .framer
         .finish(&mut to_agent)
@@ -344,8 +363,10 @@ fn frame(args: &[String]) -> Result<(), String> {
         Reply::Receive(ReceiveResult::Ok { bytes, guid, .. }) if guid == GUID => bytes,
         other => return Err(format!("frame: receive failed: {other:?}")),
     };
-    if received != bytes {
-        return Err(format!("frame: agent received {received} of {bytes} bytes"));
+    if received != expected {
+        return Err(format!(
+            "frame: agent received {received} of {expected} bytes"
+        ));
     }
     // The agent is alive, waiting for the next request: its VmHWM is its peak so far.
     let report = FrameReport {
@@ -497,14 +518,20 @@ fn run_cat(setup: &Setup, bytes: u64, stages: usize) -> Result<Measure, String> 
     })
 }
 
-fn run_qzb(setup: &Setup, bytes: u64) -> Result<Measure, String> {
-    let state = setup.fresh_state("qzb")?;
-    let cpu0 = children_cpu();
-    let started = Instant::now();
-    let out = Command::new(&setup.xtask)
+/// The framer's arms: `mode` says which source and whether the tap observes the stream.
+fn run_qzb(setup: &Setup, bytes: u64, mode: Mode) -> Result<Measure, String> {
+    let state = setup.fresh_state(mode.arm())?;
+    let mut framer = Command::new(&setup.xtask);
+    framer
         .args(["bench-stream", "frame", &bytes.to_string()])
         .arg(&setup.agent)
-        .arg(&setup.xtask)
+        .arg(&setup.xtask);
+    if mode != Mode::Plain {
+        framer.arg(mode.arm()).arg(state.join("spool"));
+    }
+    let cpu0 = children_cpu();
+    let started = Instant::now();
+    let out = framer
         .env("PATH", &setup.path)
         .env(STATE_ENV, &state)
         .env(
@@ -517,19 +544,21 @@ fn run_qzb(setup: &Setup, bytes: u64) -> Result<Measure, String> {
         .map_err(|e| format!("framer: {e}"))?;
     let secs = started.elapsed().as_secs_f64();
     let cpu = children_cpu() - cpu0;
+    let arm = mode.arm();
     if !out.status.success() {
-        return Err(format!("qzb arm: framer {}", out.status));
+        return Err(format!("{arm} arm: framer {}", out.status));
     }
     let report = parse_report(&out.stdout)?;
     let got = Setup::sink_bytes(&state)?;
+    let bytes = mode.stream_bytes(bytes);
     if got != bytes || report.bytes != bytes {
         return Err(format!(
-            "qzb arm: sink got {got}, agent reported {}, of {bytes} bytes",
+            "{arm} arm: sink got {got}, agent reported {}, of {bytes} bytes",
             report.bytes
         ));
     }
     Ok(Measure {
-        arm: "qzb",
+        arm,
         bytes,
         secs,
         cpu,
@@ -743,22 +772,30 @@ fn bench(setup: &Setup, opts: &Options) -> Result<(), String> {
     header();
 
     // Memory at the small size first (also warms the page cache and binaries).
-    let small = run_qzb(setup, opts.small)?;
+    let small = run_qzb(setup, opts.small, Mode::Plain)?;
     print_row(&small, None);
 
     let mut cats = Vec::new();
     let mut cat2s = Vec::new();
     let mut qzbs = Vec::new();
+    let mut zss = Vec::new();
+    let mut taps = Vec::new();
     for _ in 0..opts.rounds {
         let c = run_cat(setup, opts.bytes, 1)?;
         print_row(&c, None);
         let c2 = run_cat(setup, opts.bytes, 2)?;
         print_row(&c2, None);
-        let q = run_qzb(setup, opts.bytes)?;
+        let q = run_qzb(setup, opts.bytes, Mode::Plain)?;
         print_row(&q, Some(c.mib_s()));
+        let z = run_qzb(setup, opts.bytes, Mode::ZStream)?;
+        print_row(&z, Some(c.mib_s()));
+        let t = run_qzb(setup, opts.bytes, Mode::Tap)?;
+        print_row(&t, Some(c.mib_s()));
         cats.push(c);
         cat2s.push(c2);
         qzbs.push(q);
+        zss.push(z);
+        taps.push(t);
     }
     let cat_med = median(cats.iter().map(Measure::mib_s).collect());
     let cat2_med = median(cat2s.iter().map(Measure::mib_s).collect());
@@ -834,16 +871,25 @@ fn bench(setup: &Setup, opts: &Options) -> Result<(), String> {
         human(opts.bytes),
         mib(TARGET_RSS_KIB)
     );
+    let micro = tap::micro(&setup.dir, opts.small, 4)?;
+    let tap_ok = tap::report(&zss, &taps, &micro);
     println!("load average after: {}", loadavg());
     let fast = ratio >= TARGET_RATIO;
     let flat = fs_large.max(as_large).max(fs_small).max(as_small) < TARGET_RSS_KIB;
     println!(
-        "{}: throughput {} ({:.1} % of cat, target ≥ 90 %), memory {} (max {}, target < 64 MiB)",
-        if fast && flat { "PASS" } else { "FAIL" },
+        "{}: throughput {} ({:.1} % of cat, target ≥ 90 %), memory {} (max {}, target < 64 MiB), \
+         tap {} (target ≤ {:.2} CPU s per GiB)",
+        if fast && flat && tap_ok {
+            "PASS"
+        } else {
+            "FAIL"
+        },
         if fast { "ok" } else { "below target" },
         100.0 * ratio,
         if flat { "ok" } else { "over limit" },
         mib(fs_large.max(as_large).max(fs_small).max(as_small)),
+        if tap_ok { "ok" } else { "over target" },
+        tap::TARGET_CPU_PER_GIB,
     );
     if !fast && ceiling_ratio < TARGET_RATIO {
         println!(
