@@ -108,7 +108,7 @@ pub fn execute(
                 out.failed.push((q.name.clone(), why));
                 // The read-back may have left the session out of step.
                 if let Some(s) = session.take() {
-                    let _ = s.close();
+                    s.abandon();
                 }
                 if stop_on_error {
                     break;

@@ -247,6 +247,17 @@ impl Client {
         self.finish()
     }
 
+    /// Ends a session whose stream is out of step (a read-back refused mid-stream): hangs up
+    /// at once. The agent may still be writing a stream nobody reads, so waiting for a clean
+    /// end would only run out the end timeout; a read-back changes nothing on the medium, so
+    /// cutting it short loses nothing.
+    pub fn abandon(mut self) {
+        self.writer.take();
+        self.ended = true;
+        self.peer.hang_up();
+        let _ = self.peer.end();
+    }
+
     fn finish(&mut self) -> Option<String> {
         self.writer.take();
         self.ended = true;

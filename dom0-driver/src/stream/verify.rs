@@ -161,7 +161,7 @@ pub fn verify(
                 problems.add(what);
                 // The session may be out of step after a refused read-back: start afresh.
                 if let Some(s) = session.take() {
-                    let _ = s.close();
+                    s.abandon();
                 }
             }
         }
