@@ -181,3 +181,146 @@ fn an_older_genuine_set_replayed_as_the_newest_is_refused_while_dom0_knows_bette
     );
     assert!(domain(&sys, "vault1").is_null());
 }
+
+/// The calls of the fakes since `from` (an index into [`FakeSystem::calls`]) that change the
+/// system: an Admin API write or a volume import.
+fn writes_since(sys: &FakeSystem, from: usize) -> Vec<Value> {
+    sys.calls()
+        .into_iter()
+        .skip(from)
+        .filter(|c| {
+            let argv = &c["argv"];
+            argv[0] == "qvm-volume"
+                || (argv[0] == "qubesd-query"
+                    && argv
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .any(|a| {
+                            a.starts_with("admin.vm.Create.")
+                                || a == "admin.vm.Remove"
+                                || a.ends_with(".Set")
+                                || a.ends_with(".Reset")
+                                || a.ends_with(".Assign")
+                        }))
+        })
+        .collect()
+}
+
+#[test]
+fn verify_only_reads_every_volume_back_checked_and_creates_nothing() {
+    let sys = sent();
+    let before = sys.calls().len();
+    let run = restore(&sys, &["--rename", "--verify-only"]);
+    run.expect(0);
+    assert!(
+        run.stdout.contains(&format!(
+            "verified  vault1:private from {VAULT}@b1: "
+        )) && run.stdout.contains("54 data blocks (864 KiB) match their manifests")
+            && run.stdout.contains(
+                "1 volume(s) of 1 qube(s) read back and checked: 1 match their manifests, 0 failed; nothing was created or imported (--verify-only)"
+            ),
+        "{}",
+        run.stdout
+    );
+    // The agent really read the snapshot back: its `zfs send` ran in the backup qube.
+    assert!(
+        sys.calls()
+            .iter()
+            .skip(before)
+            .any(|c| c["host"] == "backups-disp"
+                && c["argv"][0] == "zfs"
+                && c["argv"][1] == "send"),
+        "no read-back ran"
+    );
+    assert_eq!(writes_since(&sys, before), Vec::<Value>::new());
+    assert!(domain(&sys, "vault1").is_null());
+    assert!(!sys.state.join("imported").exists());
+}
+
+#[test]
+fn verify_only_refuses_an_altered_block_with_the_exit_code_of_a_failed_restore() {
+    let sys = sent();
+    sys.set_fake_env("QZB_FAKE_SEND_MATCH", "backuppool");
+    sys.set_fake_env("QZB_FAKE_SEND_FLIP_BLOCK", "3");
+    let before = sys.calls().len();
+    let run = restore(&sys, &["--rename", "--verify-only"]);
+    run.expect(8);
+    assert!(
+        run.stdout.contains("FAILED    vault1:private: ")
+            && run.stdout.contains("does not match its manifest tag")
+            && run.stdout.contains("0 match their manifests, 1 failed"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stderr
+            .contains("the check of 1 qube(s) failed; the first, vault1: volume private: "),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(writes_since(&sys, before), Vec::<Value>::new());
+    assert!(domain(&sys, "vault1").is_null());
+}
+
+#[test]
+fn dry_run_prints_what_restore_plan_prints_and_reads_nothing_back() {
+    let sys = sent();
+    let from = format!("backups-disp:{ROOT}");
+    let plan = sys.driver(&["restore", "plan", "--from", &from, "--rename"]);
+    plan.expect(0);
+    let before = sys.calls().len();
+    let run = restore(&sys, &["--rename", "--dry-run"]);
+    run.expect(0);
+    assert_eq!(run.stdout, plan.stdout);
+    assert!(
+        run.stdout.contains("create  vault1 (AppVM, was vault)"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        !sys.calls()
+            .iter()
+            .skip(before)
+            .any(|c| c["host"] == "backups-disp"
+                && c["argv"][0] == "zfs"
+                && c["argv"][1] == "send"),
+        "--dry-run read a volume back"
+    );
+    assert_eq!(writes_since(&sys, before), Vec::<Value>::new());
+    assert!(domain(&sys, "vault1").is_null());
+}
+
+#[test]
+fn restore_run_shows_each_volumes_progress_and_ends_with_a_summary_table() {
+    let sys = sent();
+    let run = restore(&sys, &["--rename"]);
+    run.expect(0);
+    // Not a terminal: a `progress` line at the volume's start and end (bytes, total, i/n).
+    let dest = format!("{ROOT}/{VAULT}@b1");
+    let ends: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with(&format!("progress {dest} ")))
+        .collect();
+    assert!(ends.len() >= 2, "{}", run.stderr);
+    let last: Vec<&str> = ends.last().unwrap().split(' ').collect();
+    assert_eq!(last[2], last[3], "the volume ends at its total: {ends:?}");
+    assert_eq!(last[4], "1/1");
+    let table: Vec<&str> = run
+        .stdout
+        .lines()
+        .skip_while(|l| *l != "Summary:")
+        .collect();
+    assert!(table.len() >= 3, "{}", run.stdout);
+    let cols = |l: &str| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+    assert_eq!(
+        cols(table[1]),
+        ["QUBE", "VOLUME", "DATA", "TIME", "RATE", "RESULT"]
+    );
+    let row = cols(table[2]);
+    // 54 data blocks of 16 KiB; the rest of the 1 MiB volume are holes.
+    assert_eq!(&row[..4], ["vault1", "private", "864", "KiB"]);
+    assert_eq!(row.last().unwrap(), "restored");
+}
