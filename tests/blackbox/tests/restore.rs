@@ -324,3 +324,114 @@ fn restore_run_shows_each_volumes_progress_and_ends_with_a_summary_table() {
     assert_eq!(&row[..4], ["vault1", "private", "864", "KiB"]);
     assert_eq!(row.last().unwrap(), "restored");
 }
+
+#[test]
+fn every_property_feature_tag_firewall_rule_and_device_comes_back_with_references_renamed() {
+    const TEMPLATE: &str = "mainpool/qubes/fedora-41/private";
+    const WORK: &str = "mainpool/qubes/work/private";
+    let sys = FakeSystem::new("reference-system");
+    let path = sys.state.join("dom0.json");
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    // The template's private volume gets a snapshot too, so the template is restored and
+    // the references to it must follow its new name.
+    v["zfs"]["datasets"][TEMPLATE]["snapshots"] =
+        serde_json::json!([{"name": "b1", "createtxg": 150}]);
+    for ds in [TEMPLATE, WORK, VAULT] {
+        for s in v["zfs"]["datasets"][ds]["snapshots"]
+            .as_array_mut()
+            .unwrap()
+        {
+            s["size"] = (256u64 << 10).into();
+        }
+    }
+    let d = &mut v["qubes"]["domains"];
+    d["fedora-41"]["properties"] = serde_json::json!({"label": "black", "kernelopts": "nopat"});
+    d["fedora-41"]["features"] = serde_json::json!({"os": "Linux", "qrexec": "1"});
+    d["fedora-41"]["tags"] = serde_json::json!(["template-tag"]);
+    d["work"]["properties"] = serde_json::json!({
+        "template": "fedora-41", "label": "green", "provides_network": "True",
+        "memory": "800", "maxmem": "2000", "vcpus": "1",
+    });
+    d["work"]["features"] = serde_json::json!({"service.network-manager": "1"});
+    d["work"]["tags"] = serde_json::json!(["net"]);
+    d["work"]["firewall"] = serde_json::json!(["action=accept"]);
+    d["vault"]["properties"] = serde_json::json!({
+        "template": "fedora-41", "netvm": "work", "default_dispvm": "work",
+        "management_dispvm": "work", "audiovm": "work",
+        "label": "purple", "memory": "600", "maxmem": "4000", "vcpus": "3",
+        "qrexec_timeout": "90", "kernelopts": "nopat swiotlb=2048", "include_in_backups": "True",
+    });
+    d["vault"]["features"] = serde_json::json!({"service.cups": "1", "gui-allow-fullscreen": "1"});
+    d["vault"]["tags"] = serde_json::json!(["audited", "secret_stuff"]);
+    d["vault"]["firewall"] = serde_json::json!([
+        "action=accept dsthost=example.com proto=tcp dstports=443-443",
+        "action=accept specialtarget=dns",
+        "action=drop",
+    ]);
+    d["vault"]["devices"] = serde_json::json!({
+        "block": ["sys-usb+sda1 mode='required' read-only='yes'"],
+        "usb": ["sys-usb+2-1 mode='auto-attach'"],
+    });
+    let original = d.clone();
+    std::fs::write(&path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+    let file = sys.write(
+        "vols.yaml",
+        &datasets_config("vols", "b1", "beginning", &[TEMPLATE, WORK, VAULT]),
+    );
+    sys.driver(&["import", &file]).expect(0);
+    sys.init_key();
+    sys.driver(&["send", "vols"]).expect(0);
+
+    let run = restore(&sys, &["--rename"]);
+    run.expect(0);
+    let renamed = |n: &str| match n {
+        "fedora-41" => "fedora-411",
+        "work" => "work1",
+        "vault" => "vault1",
+        other => panic!("unexpected reference to {other}"),
+    };
+    for old in ["fedora-41", "work", "vault"] {
+        let new = domain(&sys, renamed(old));
+        let was = &original[old];
+        assert_eq!(new["class"], was["class"], "{old}");
+        for (k, value) in was["properties"].as_object().unwrap() {
+            let want = match k.as_str() {
+                "template" | "netvm" | "default_dispvm" | "management_dispvm" | "audiovm" => {
+                    renamed(value.as_str().unwrap())
+                }
+                _ => value.as_str().unwrap(),
+            };
+            assert_eq!(
+                new["properties"][k],
+                want,
+                "{old} -> {}: property {k}",
+                renamed(old)
+            );
+        }
+        assert_eq!(new["features"], was["features"], "{old}: features");
+        let mut tags: Vec<&str> = new["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap())
+            .filter(|t| *t != "created-by-dom0")
+            .collect();
+        tags.sort();
+        let mut want_tags: Vec<&str> = was["tags"]
+            .as_array()
+            .map(|a| a.iter().map(|t| t.as_str().unwrap()).collect())
+            .unwrap_or_default();
+        want_tags.sort();
+        assert_eq!(tags, want_tags, "{old}: tags");
+        // (A qube without rules reads back as `action=accept`: restored as such.)
+        if !was["firewall"].is_null() {
+            assert_eq!(new["firewall"], was["firewall"], "{old}: firewall");
+        }
+        assert_eq!(new["devices"], was["devices"], "{old}: device assignments");
+    }
+    assert!(
+        !run.stdout.contains("warning: vault1"),
+        "every setting of vault applied: {}",
+        run.stdout
+    );
+}
