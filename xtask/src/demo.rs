@@ -157,6 +157,21 @@ pub fn run() -> Result<(), String> {
         0,
     )?;
     demo.driver(
+        "   restore run --verify-only: every volume of that plan read back and checked as a real run would, nothing created or imported",
+        &[
+            "restore",
+            "run",
+            "--from",
+            "backups-disp:backuppool/backups/mydesktop",
+            "--rename",
+            "--verify-only",
+            "vault",
+            "work",
+        ],
+        &[],
+        0,
+    )?;
+    demo.driver(
         "   restore run: vault and work come back as vault1 and work1, their settings through the Admin API and every block checked before Qubes' volume import commits it",
         &[
             "restore",

@@ -184,6 +184,13 @@ pub enum RestoreCommand {
         /// Stop after the first qube that fails (default: go on with the others).
         #[arg(long)]
         stop_on_error: bool,
+        /// Print the plan and stop (what `restore plan` prints).
+        #[arg(long, conflicts_with = "verify_only")]
+        dry_run: bool,
+        /// Read back and check every volume of the plan against the MAC'd manifests, as a real
+        /// run would, and write nothing: no qube is created, nothing imported.
+        #[arg(long)]
+        verify_only: bool,
     },
 }
 
@@ -418,6 +425,8 @@ pub fn run(cli: &Cli, runner: &SystemRunner) -> Result<()> {
                 RestoreCommand::Run {
                     opts,
                     stop_on_error,
+                    dry_run,
+                    verify_only,
                 },
         } => commands::restore::run(
             &cli.metadata_dir,
@@ -425,6 +434,11 @@ pub fn run(cli: &Cli, runner: &SystemRunner) -> Result<()> {
             &qrexec,
             &opts.args(),
             *stop_on_error,
+            match (dry_run, verify_only) {
+                (true, _) => commands::restore::RunMode::DryRun,
+                (_, true) => commands::restore::RunMode::VerifyOnly,
+                _ => commands::restore::RunMode::Restore,
+            },
         ),
     }
 }

@@ -316,7 +316,7 @@ pub fn plan(
     print_plan(&prepared, &args.medium, args.json);
     if !args.json {
         crate::outln!(
-            "This is the plan only: `restore run` with the same arguments carries it out."
+            "This is the plan only: `restore run` with the same arguments (without --dry-run) carries it out."
         );
     }
     Ok(())
@@ -398,15 +398,32 @@ fn print_plan(prepared: &Prepared, medium: &Medium, json_out: bool) {
     }
 }
 
-/// `restore run`: the plan, then each qube created and filled (see `restore::execute`).
+/// What `restore run` does after printing the plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunMode {
+    /// Create and fill each qube.
+    Restore,
+    /// `--dry-run`: print the plan and stop, as `restore plan` does.
+    DryRun,
+    /// `--verify-only`: read back and check every volume of the plan as a real run would,
+    /// and write nothing.
+    VerifyOnly,
+}
+
+/// `restore run`: the plan, then each qube created and filled (see `restore::execute`), or
+/// only the plan (`--dry-run`), or only the checked read-back (`--verify-only`).
 pub fn run(
     metadata_dir: &Path,
     runner: &dyn crate::system::runner::Runner,
     connector: &dyn Connect,
     args: &PlanArgs,
     stop_on_error: bool,
+    mode: RunMode,
 ) -> Result<()> {
-    use crate::restore::execute::{execute, Source};
+    use crate::restore::execute::{execute, summary_table, verify_only, Source};
+    if mode == RunMode::DryRun {
+        return plan(metadata_dir, runner, connector, args);
+    }
     let prepared = prepare(metadata_dir, runner, connector, args)?;
     print_plan(&prepared, &args.medium, args.json);
     if prepared.plan.qubes.is_empty() {
@@ -432,24 +449,58 @@ pub fn run(
         prepared.plan.qubes.iter().map(|q| q.volumes.len()).sum(),
         None,
     );
-    let outcome = execute(
-        runner,
-        &source,
-        settings,
-        &prepared.plan,
-        stop_on_error,
-        &mut progress,
-    );
+    let outcome = match mode {
+        RunMode::VerifyOnly => verify_only(&source, &prepared.plan, stop_on_error, &mut progress),
+        _ => execute(
+            runner,
+            &source,
+            settings,
+            &prepared.plan,
+            stop_on_error,
+            &mut progress,
+        ),
+    };
     let _ = std::fs::remove_dir_all(&scratch);
-    crate::outln!(
-        "{} qube(s) restored, {} failed, {} setting(s) not applied",
-        outcome.restored.len(),
-        outcome.failed.len(),
-        outcome.warnings.len()
-    );
+    let verb = match mode {
+        RunMode::VerifyOnly => "verified",
+        _ => "restored",
+    };
+    if !args.json {
+        crate::outln!("Summary:");
+        for line in summary_table(&prepared.plan, &outcome, verb) {
+            crate::outln!("{line}");
+        }
+    }
+    let volumes = outcome.volumes.len();
+    let bad_volumes = outcome.volumes.iter().filter(|r| r.error.is_some()).count();
+    if mode == RunMode::VerifyOnly {
+        progress.say(
+            format_args!(
+                "{} volume(s) of {} qube(s) read back and checked: {} match their manifests, {bad_volumes} failed; nothing was created or imported (--verify-only)",
+                volumes,
+                outcome.restored.len() + outcome.failed.len(),
+                volumes - bad_volumes,
+            ),
+            json!({"event": "summary", "volumes": volumes, "failed_volumes": bad_volumes, "qubes_ok": outcome.restored, "qubes_failed": outcome.failed.iter().map(|(n, _)| n).collect::<Vec<_>>()}),
+        );
+    } else {
+        progress.say(
+            format_args!(
+                "{} qube(s) restored, {} failed, {} setting(s) not applied",
+                outcome.restored.len(),
+                outcome.failed.len(),
+                outcome.warnings.len()
+            ),
+            json!({"event": "summary", "restored": outcome.restored, "failed": outcome.failed.iter().map(|(n, _)| n).collect::<Vec<_>>(), "warnings": outcome.warnings.len()}),
+        );
+    }
     if let Some((name, why)) = outcome.failed.first() {
+        let what = match mode {
+            RunMode::VerifyOnly => "the check",
+            _ => "the restore",
+        };
         return Err(Error::Send(format!(
-            "the restore of {} qube(s) failed; the first, {name}: {why}",
+            "{what} of {} qube(s) failed; the first, {name}: {why}",
             outcome.failed.len()
         )));
     }

@@ -17,6 +17,7 @@
 //! role), `coverage` (the `check` report), `targets` (the snapshots to send and their sources),
 //! `ordering` (dependencies and send order). `send_args` is the `zfs send` argv of a target.
 
+pub mod continuity;
 mod coverage;
 mod designations;
 mod exclusions;

@@ -224,3 +224,65 @@ fn a_reference_cycle_is_refused() {
     let err = plan(&s, &i, &[], &Choice::default()).unwrap_err();
     assert!(err.0[0].contains("cycle"), "{err}");
 }
+
+#[test]
+fn the_summary_table_has_a_row_per_volume_and_one_per_qube_that_failed_before_its_volumes() {
+    use super::execute::{summary_table, Outcome, VolumeRow};
+    use std::time::Duration;
+    let planned = |name: &str, original: &str| PlannedQube {
+        name: name.into(),
+        original: original.into(),
+        class: "AppVM".into(),
+        action: Action::Create,
+        references: vec![],
+        volumes: vec![PlannedVolume {
+            volume: "private".into(),
+            snapshot: format!("pool/qubes/{original}/private@b1"),
+            guid: 1,
+        }],
+        unrestorable: vec![],
+    };
+    let plan = RestorePlan {
+        qubes: vec![
+            planned("vault1", "vault"),
+            planned("work1", "work"),
+            planned("dev", "dev"),
+            planned("mail", "mail"),
+        ],
+        skipped: vec![],
+    };
+    let outcome = Outcome {
+        restored: vec!["vault1".into()],
+        failed: vec![
+            ("work1".into(), "creating it failed: no".into()),
+            ("dev".into(), "volume private: altered".into()),
+        ],
+        warnings: vec![],
+        volumes: vec![
+            VolumeRow {
+                qube: "vault1".into(),
+                volume: "private".into(),
+                checked: Some((64, 1 << 20)),
+                elapsed: Duration::from_secs(2),
+                error: None,
+            },
+            VolumeRow {
+                qube: "dev".into(),
+                volume: "private".into(),
+                checked: None,
+                elapsed: Duration::from_secs(61),
+                error: Some("altered".into()),
+            },
+        ],
+    };
+    assert_eq!(
+        summary_table(&plan, &outcome, "restored"),
+        [
+            "  QUBE    VOLUME   DATA     TIME     RATE       RESULT",
+            "  vault1  private  1.0 MiB  0:00:02  512 KiB/s  restored",
+            "  work1   -        -        -        -          FAILED",
+            "  dev     private  -        0:01:01  -          FAILED",
+            "  mail    -        -        -        -          not attempted",
+        ]
+    );
+}

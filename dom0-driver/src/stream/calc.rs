@@ -1,6 +1,7 @@
 //! What `calc` asks the receiver: free space, incremental bases, existing and partial targets.
 
 use crate::error::Result;
+use crate::plan::continuity::{cannot_land_beside, full_send_reason, medium_copy};
 use crate::state::{BackupState, SendState};
 use crate::stream::qrexec::Connect;
 use crate::stream::receiver::{inventory, on_receiver};
@@ -58,6 +59,22 @@ pub fn receiver_checks(
             .is_some()
         {
             partial += 1;
+        }
+        let dom0: Vec<u64> = inv
+            .zfs
+            .snapshots_of(t.target.snapshot.dataset().as_str())
+            .iter()
+            .map(|s| s.guid)
+            .collect();
+        let medium: Vec<u64> = rx
+            .dataset(dest.dataset().as_str())
+            .map(|d| d.snapshots.iter().map(|s| s.guid).collect())
+            .unwrap_or_default();
+        if let Some(why) = full_send_reason(&t.target, medium_copy(&dom0, &medium)) {
+            warnings.push(format!(
+                "{why}; {}",
+                cannot_land_beside(dest.dataset().as_str())
+            ));
         }
         if let Some(src) = &t.target.incremental_source {
             if !planned.contains(src) {

@@ -7,6 +7,7 @@
 
 use crate::error::{Error, Result};
 use crate::output::outside;
+use crate::plan::continuity::{cannot_land_beside, full_send_reason, medium_copy};
 use crate::plan::Target;
 use crate::state::{SendState, TargetState};
 use crate::stream::client::Client;
@@ -191,7 +192,23 @@ pub fn decide(
         return Ok(step);
     }
     let mode = match &target.incremental_source {
-        None => proto::ReceiveMode::Full,
+        None => {
+            let dom0: Vec<u64> = source
+                .snapshots_of(target.snapshot.dataset().as_str())
+                .iter()
+                .map(|s| s.guid)
+                .collect();
+            let medium: Vec<u64> = dest_ds
+                .map(|d| d.snapshots.iter().map(|s| s.guid).collect())
+                .unwrap_or_default();
+            if let Some(why) = full_send_reason(target, medium_copy(&dom0, &medium)) {
+                return Err(Error::Refused(format!(
+                    "{why}; {}",
+                    cannot_land_beside(dest.dataset().as_str())
+                )));
+            }
+            proto::ReceiveMode::Full
+        }
         Some(src) => {
             let src_guid = source_guids(src).ok_or_else(|| {
                 Error::Refused(format!("incremental source {src} no longer exists in dom0"))

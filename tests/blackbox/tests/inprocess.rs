@@ -448,6 +448,11 @@ enum Lie {
     SwappedBlocks(usize),
     /// Adds a non-zero block right after the last one, where the volume holds zeros.
     ExtraBlock,
+    /// Moves the first block that has a hole after it one block up, into the hole.
+    MovedIntoHole,
+    /// Reads back the blocks of another volume's snapshot (the first other stream it
+    /// swallowed) in place of the one asked for: a swapped volume.
+    OtherVolume,
     /// Flips byte `at` of the blob whose name ends with `suffix` as dom0 reads it.
     FlippedBlob { suffix: &'static str, at: usize },
     /// Lists no manifest, as if the backup had been sent without a key.
@@ -668,7 +673,20 @@ fn liar(
             }
             proto::Request::ReadBack(req) => {
                 let bs = req.volblocksize;
-                let mut blocks = medium.lock().unwrap().blocks(req.snapshot.as_str(), bs);
+                let m = medium.lock().unwrap();
+                let mut blocks = match lie {
+                    Lie::OtherVolume => {
+                        let other = m
+                            .streams
+                            .keys()
+                            .find(|k| k.as_str() != req.snapshot.as_str())
+                            .expect("the liar swallowed another volume's stream")
+                            .clone();
+                        m.blocks(&other, bs)
+                    }
+                    _ => m.blocks(req.snapshot.as_str(), bs),
+                };
+                drop(m);
                 match lie {
                     Lie::Faithful | Lie::FlippedBlob { .. } | Lie::HiddenManifests => {}
                     Lie::Zeroes => blocks.iter_mut().for_each(|(_, b)| b.fill(0)),
@@ -685,6 +703,13 @@ fn liar(
                         let at = blocks.last().map_or(0, |(o, _)| o + bs);
                         blocks.push((at, vec![0x5a; bs as usize]));
                     }
+                    Lie::MovedIntoHole => {
+                        let i = (0..blocks.len())
+                            .find(|&i| blocks.get(i + 1).is_some_and(|n| n.0 > blocks[i].0 + bs))
+                            .expect("a block with a hole after it");
+                        blocks[i].0 += bs;
+                    }
+                    Lie::OtherVolume => {}
                 }
                 proto::write_reply(&mut w, &proto::Reply::ReadBackReady).map_err(e)?;
                 for (offset, block) in &blocks {
@@ -1022,5 +1047,186 @@ fn a_liar_hiding_the_manifest_dom0_stored_is_a_failure_not_an_unverifiable_backu
         &world,
         &liar,
         "the receiver lists no manifest of it, but dom0 stored one on this medium (sequence number 0)",
+    );
+}
+
+// ---------------------------------------------------------------- restore from a liar
+//
+// The same liar, now asked to restore: every lie of a hostile medium must be refused before
+// Qubes' volume import commits anything, the qube created for it removed again, the error
+// naming the qube, the volume and what failed, exit 8 (a qube's restore failed).
+
+/// The `work` qube's private volume: the second zvol of [`World::with_two_zvols`].
+const WORK: &str = "mainpool/qubes/work/private";
+
+impl World {
+    /// The `vols` backup of two zvols, [`VAULT`] and [`WORK`] (1 MiB of data each), with a
+    /// key: a set with two qubes to restore, and another volume to swap in.
+    fn with_two_zvols() -> World {
+        let turn = Turn::beside();
+        let sys = FakeSystem::new("reference-system");
+        let path = sys.state.join("dom0.json");
+        let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        for ds in [VAULT, WORK] {
+            for s in v["zfs"]["datasets"][ds]["snapshots"]
+                .as_array_mut()
+                .unwrap()
+            {
+                s["size"] = (1u64 << 20).into();
+            }
+        }
+        std::fs::write(&path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+        let file = sys.write(
+            "vols.yaml",
+            &qzb_blackbox_tests::datasets_config("vols", "b1", "beginning", &[VAULT, WORK]),
+        );
+        sys.driver(&["import", &file]).expect(0);
+        sys.init_key();
+        World::around(sys, "vols", turn)
+    }
+
+    /// `restore run --rename` of the backup's newest set, in process.
+    fn restore(&self, connector: &InMemory) -> Result<(), Error> {
+        use dom0_driver::commands::restore::{run, Medium, PlanArgs, RunMode};
+        use dom0_driver::restore::plan::{Choice, Conflict};
+        let args = PlanArgs {
+            medium: Medium::parse(&format!("backups-disp:{ROOT}")).unwrap(),
+            backup: None,
+            choice: Choice {
+                conflict: Conflict::Rename,
+                ..Choice::default()
+            },
+            passphrase: dom0_driver::key::PassphraseSource::Terminal,
+            json: false,
+        };
+        run(
+            &self.sys.meta,
+            &self.runner(),
+            connector,
+            &args,
+            false,
+            RunMode::Restore,
+        )
+    }
+
+    /// A qube in the fake system's Admin API state (`Null` if there is none).
+    fn domain(&self, name: &str) -> Value {
+        let text = std::fs::read_to_string(self.sys.state.join("dom0.json")).unwrap();
+        let v: Value = serde_json::from_str(&text).unwrap();
+        v["qubes"]["domains"][name].clone()
+    }
+}
+
+/// A liar with `lie` after `send vols` to it (both zvols "received"), and the non-zero blocks
+/// of the vault's stream (what an honest read-back of it sends).
+fn fooled_twice(world: &World, lie: Lie) -> (InMemory, Vec<(u64, Vec<u8>)>, u64) {
+    let medium = Arc::new(Mutex::new(LiarMedium::default()));
+    let liar = InMemory::new(world, Agent::Liar(lie, medium.clone()));
+    world.send(&liar).unwrap();
+    assert_eq!(world.states(), [SendState::Done; 2]);
+    let m = medium.lock().unwrap();
+    let heads = m.blob_names(".head");
+    assert_eq!(heads.len(), 2);
+    let head = &m.blobs[&heads[0]];
+    let header =
+        proto::manifest::ManifestHeader::decode_unverified(&head[..head.len() - 32]).unwrap();
+    let blocks = m.blocks(&vault_on_receiver(), header.volblocksize);
+    assert!(blocks.len() > 8);
+    drop(m);
+    (liar, blocks, header.volblocksize)
+}
+
+/// The restore failed with exit 8, the first failure is vault1's private volume with `what`,
+/// and neither qube nor any imported image stayed behind.
+fn assert_refused(world: &World, liar: &InMemory, what: &str) {
+    let e = world.restore(liar).unwrap_err();
+    assert!(matches!(e, Error::Send(_)), "{e}");
+    assert_eq!(e.exit_code(), 8, "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("the restore of 2 qube(s) failed; the first, vault1: volume private: ")
+            && msg.contains(what)
+            && msg.contains("the qube was removed again"),
+        "expected vault1's private volume refused with {what:?}: {msg}"
+    );
+    for q in ["vault1", "work1"] {
+        assert!(world.domain(q).is_null(), "{q} stayed behind");
+        assert!(
+            !world
+                .sys
+                .state
+                .join(format!("imported/{q}"))
+                .join("private.img")
+                .exists(),
+            "{q}'s volume was imported"
+        );
+    }
+}
+
+#[test]
+fn a_liar_replaying_exactly_the_swallowed_blocks_restores_both_qubes() {
+    // The control for the lies below.
+    let world = World::with_two_zvols();
+    let (liar, _, _) = fooled_twice(&world, Lie::Faithful);
+    world.restore(&liar).unwrap();
+    for q in ["vault1", "work1"] {
+        assert_eq!(world.domain(q)["class"], "AppVM");
+        assert!(world
+            .sys
+            .state
+            .join(format!("imported/{q}/private.img"))
+            .exists());
+    }
+}
+
+#[test]
+fn a_restore_from_a_medium_that_moved_a_block_into_a_hole_commits_nothing() {
+    let world = World::with_two_zvols();
+    let (liar, blocks, bs) = fooled_twice(&world, Lie::MovedIntoHole);
+    let i = (0..blocks.len())
+        .find(|&i| blocks.get(i + 1).is_some_and(|n| n.0 > blocks[i].0 + bs))
+        .unwrap();
+    let at = blocks[i].0;
+    assert_refused(
+        &world,
+        &liar,
+        &format!("the data block at offset {at} is in the manifests but was not read back"),
+    );
+}
+
+#[test]
+fn a_restore_from_a_medium_missing_a_block_commits_nothing() {
+    let world = World::with_two_zvols();
+    let (liar, blocks, _) = fooled_twice(&world, Lie::DroppedBlock(5));
+    let at = blocks[5].0;
+    assert_refused(
+        &world,
+        &liar,
+        &format!("the data block at offset {at} is in the manifests but was not read back"),
+    );
+}
+
+#[test]
+fn a_restore_from_a_medium_with_an_extra_block_commits_nothing() {
+    let world = World::with_two_zvols();
+    let (liar, blocks, bs) = fooled_twice(&world, Lie::ExtraBlock);
+    let at = blocks.last().unwrap().0 + bs;
+    assert_refused(
+        &world,
+        &liar,
+        &format!("a non-zero block was read back at offset {at}, where the manifests say zeros"),
+    );
+}
+
+#[test]
+fn a_restore_from_a_medium_that_reads_back_another_volume_commits_nothing() {
+    let world = World::with_two_zvols();
+    let (liar, blocks, _) = fooled_twice(&world, Lie::OtherVolume);
+    // The work volume's data starts at offset 0, where the vault's manifest has a hole.
+    assert_ne!(blocks[0].0, 0);
+    assert_refused(
+        &world,
+        &liar,
+        "a non-zero block was read back at offset 0, where the manifests say zeros",
     );
 }

@@ -259,7 +259,7 @@ fn admin_call(q: &Qubes, method: &str, dest: &str, arg: &str) -> Option<Reply> {
 fn property_shape(name: &str) -> (&'static str, &'static str) {
     let default = if name == "klass" { "True" } else { "False" };
     let ty = match name {
-        "template" | "netvm" | "default_dispvm" => "vm",
+        "template" | "netvm" | "default_dispvm" | "management_dispvm" | "audiovm" | "guivm" => "vm",
         "label" => "label",
         "memory" | "maxmem" | "vcpus" | "qrexec_timeout" => "int",
         _ => "str",
