@@ -1,4 +1,5 @@
 #!/bin/bash
+# qzb-vm: full-only (pins real ZFS behaviour; the driver cases cover this data path)
 # Records real ZFS outputs that the project's parsers must handle, into
 # $QZB_VM_OUT/recorded/<zfs version>/ (run.sh with QZB_VM_RECORD=1 copies them to
 # tests/vm/recorded/<zfs version>/). For every command: <name>.stdout, <name>.stderr, <name>.rc,

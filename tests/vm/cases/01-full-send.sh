@@ -1,4 +1,5 @@
 #!/bin/bash
+# qzb-vm: full-only (pins real ZFS behaviour; the driver cases cover this data path)
 # Full send + receive -s of a zvol (template root @qubes-clean), a clone zvol (no origin: full
 # content) and a filesystem (dom0); byte-for-byte / tree compare; guids preserved.
 set -euo pipefail

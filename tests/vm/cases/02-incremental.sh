@@ -1,4 +1,5 @@
 #!/bin/bash
+# qzb-vm: full-only (pins real ZFS behaviour; the driver cases cover this data path)
 # Incremental sends: -i (one step) and -I (with intermediate snapshots), zvols and a filesystem.
 set -euo pipefail
 . "$(dirname "$0")/../guest/lib.sh"

@@ -1,4 +1,5 @@
 #!/bin/bash
+# qzb-vm: full-only (pins real ZFS behaviour; the driver cases cover this data path)
 # Clones: an AppVM root (clone of the template's @qubes-clean snapshot) sent as an incremental
 # from its origin and received with -o origin=, as a full stream with -o origin=, and an
 # incremental clone stream received without -o origin (auto-detected by guid).

@@ -1,4 +1,5 @@
 #!/bin/bash
+# qzb-vm: full-only (pins real ZFS behaviour; the driver cases cover this data path)
 # zfs receive -s of an interrupted stream leaves receive_resume_token; zfs send -t <token>
 # resumes it and the result matches the source byte for byte. Interruptions: sender SIGKILLed
 # mid-stream (zvol full, zvol incremental, filesystem incremental), stream truncated by the

@@ -1,4 +1,5 @@
 #!/bin/bash
+# qzb-vm: full-only (pins real ZFS behaviour; the driver cases cover this data path)
 # zfs receive -A discards partial receive state (full: the partial dataset goes away;
 # incremental: the dataset stays at its last snapshot), after which a fresh send works.
 set -euo pipefail

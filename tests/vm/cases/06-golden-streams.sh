@@ -1,4 +1,5 @@
 #!/bin/bash
+# qzb-vm: full-only (real streams through the tap; CI checks the committed golden streams on the host (tests/golden.rs))
 # Golden send streams: records REAL `zfs send` output of small zvols with exactly the flags
 # dom0 uses for zvols (`-L -p`, plus `-i`/`-I`; no -c, no -e), the resume prefix, token and
 # `zfs send -t` output, and each snapshot's per-block blake3, into
@@ -9,7 +10,7 @@
 # Needs no fixture: a throwaway pool of its own.
 set -euo pipefail
 . "$(dirname "$0")/../guest/lib.sh"
-QZB_TARGET_DIR=${QZB_TARGET_DIR:-${QZB_REPO:-/work/main}/target/debug}
+QZB_TARGET_DIR=${QZB_TARGET_DIR:-${QZB_REPO:-/work/main}/target/release}
 XTASK=$QZB_TARGET_DIR/xtask
 [ -x "$XTASK" ] || qzb_fail "$XTASK is missing: cargo build --workspace --bins first (tests/vm/ci.sh does)"
 command -v blkdiscard >/dev/null || qzb_fail "blkdiscard (util-linux) is missing"
