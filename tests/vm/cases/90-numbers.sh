@@ -1,7 +1,7 @@
 #!/bin/bash
 # Real-ZFS numbers (issue 13): a benchmark, not a test. Skipped (exit 0 at once) unless
 # QZB_VM_NUMBERS=1, so CI's default run of every case does not pay for it:
-#   QZB_VM_NUMBERS=1 QZB_VM_TIMEOUT=3600 QZB_TARGET_DIR=$CARGO_TARGET_DIR/release \
+#   QZB_VM_NUMBERS=1 QZB_VM_TIMEOUT=3600 \
 #     tests/vm/ci.sh 90-numbers.sh
 # (build the release binaries first: cargo build --release --workspace --bins). With the
 # fixture it takes 20-35 min of TCG on a loaded 2-core host: more than run.sh's default 1800 s.

@@ -7,7 +7,7 @@
 # Both pools live in this one VM: the driver (dom0 side) and the agent (backup qube side) both run
 # the real `zfs`; the fake qrexec-client execs the agent with QREXEC_REMOTE_DOMAIN=dom0.
 
-QZB_TARGET_DIR=${QZB_TARGET_DIR:-${QZB_REPO:-/work/main}/target/debug}
+QZB_TARGET_DIR=${QZB_TARGET_DIR:-${QZB_REPO:-/work/main}/target/release}
 export QZB_DRV_BIN=$QZB_TARGET_DIR/qubes-zfs-backup
 export QZB_AGENT_BIN=$QZB_TARGET_DIR/qubes-zfs-backup-receiver
 export QZB_FAKE_BIN=$QZB_TARGET_DIR/qzb-fake
@@ -87,26 +87,29 @@ QZB_DRV_EXTRA_ENV=()
 # qzb_drv_ok <args...>: runs the driver, echoes the command and its output, fails the case on a
 # non-zero status.
 qzb_drv_ok() {
-  local rc
+  local rc t0=$SECONDS
   echo "+ qubes-zfs-backup $*"
   set +e; qzb_drv "$@" 2>&1 | sed -u 's/^/    /'; rc=${PIPESTATUS[0]}; set -e
+  echo "  ($1: $((SECONDS - t0))s)"
   [ "$rc" = 0 ] || qzb_fail "qubes-zfs-backup $* exited $rc"
 }
 
 # qzb_drv_rc <expected status> <args...>: like qzb_drv_ok but expects that status.
 qzb_drv_rc() {
-  local want=$1 rc; shift
+  local want=$1 rc t0=$SECONDS; shift
   echo "+ qubes-zfs-backup $* (expect exit $want)"
   set +e; qzb_drv "$@" 2>&1 | sed -u 's/^/    /'; rc=${PIPESTATUS[0]}; set -e
+  echo "  ($1: $((SECONDS - t0))s)"
   [ "$rc" = "$want" ] || qzb_fail "qubes-zfs-backup $* exited $rc, expected $want"
 }
 
 # qzb_drv_json <file> <args...>: runs the driver with --json output into <file> (stderr shown),
 # fails on a non-zero status.
 qzb_drv_json() {
-  local f=$1 rc; shift
+  local f=$1 rc t0=$SECONDS; shift
   echo "+ qubes-zfs-backup $* > $(basename "$f")"
   set +e; qzb_drv "$@" > "$f" 2> "$f.stderr"; rc=$?; set -e
+  echo "  ($1: $((SECONDS - t0))s)"
   sed 's/^/    stderr: /' "$f.stderr"
   [ "$rc" = 0 ] || { head -c 2000 "$f"; qzb_fail "qubes-zfs-backup $* exited $rc"; }
 }
