@@ -19,7 +19,9 @@
 # and the received data must be identical to the source (sha256 of the zvol / tree digest).
 # S is measured (`zfs send | wc -c`). Prints the matrix (case, fault, exit status and error of the faulted run, outcome, bytes
 # re-sent, result); fails on any row that does not meet the bar.
-# QZB_FM_QUICK=1 runs a smaller matrix (development); QZB_FM_FULL=1 adds rows for every stream.
+# CI's default run has 4 rows (transport cut, agent and zfs receive killed, a flipped bit);
+# QZB_VM_FULL=1 (or QZB_FM_FULL=1) adds every other fault kind, the zvol stream at 10 offsets and
+# most faults on every stream kind; QZB_FM_ONLY picks rows.
 set -euo pipefail
 . "$(dirname "$0")/../guest/lib.sh"
 . "$(dirname "$0")/../guest/driver.sh"
@@ -386,35 +388,39 @@ row() {
   ROWS+=("$line")
   case "$res" in ok) ;; *) FAILS=$((FAILS + 1)); echo "---- $case/$label log:"; cat "$log"* | tail -40 ;; esac
 }
-fracs_t="0.15 0.35 0.55 0.75 0.95"
-fracs_c="0.05 0.25 0.45 0.65 0.85"
-[ "${QZB_FM_QUICK:-0}" = 1 ] && { fracs_t="0.5"; fracs_c="0.3 0.8"; }
+FULL=0
+{ [ "${QZB_VM_FULL:-0}" = 1 ] || [ "${QZB_FM_FULL:-0}" = 1 ]; } && FULL=1
 
 matrix() {
   local c f
-  # zvol full: >= 10 offsets (driver SIGKILLs at stream positions, exact transport cuts), every fault
-  c=zvol-full
-  row $c none
-  for f in $fracs_c; do row $c cut "$f"; done
-  for f in $fracs_t; do row $c kill-driver "$f"; done
-  row $c kill-agent 0.5; row $c kill-zfs-send 0.5; row $c kill-zfs-recv 0.5; row $c flip 0.5
-  row $c no-space
-  # the receiver pool exported mid-send (two targets: the pool goes once a receive lets it)
+  # CI's default run: four rows that between them cut the transport, kill the agent and the
+  # receiving zfs, and flip a bit, on zvol and filesystem, full and incremental streams.
+  row zvol-full cut 0.45
+  row zvol-incr kill-agent 0.5
+  row zvol-full kill-zfs-recv 0.5
+  row fs-incr flip 0.5
+  [ "$FULL" = 1 ] || return 0
+  # The full run: every fault kind (the clean reference, driver and zfs send kills, no space,
+  # the receiver pool exported mid-send), the zvol full stream at 10 offsets (driver SIGKILLs
+  # at stream positions, exact transport cuts), and most faults on every stream kind.
+  row zvol-full none
+  row zvol-full kill-driver 0.55
+  row zvol-clone kill-zfs-send 0.3
+  row zvol-full no-space
   row both-full-x export 0.4
-  # the other streams: one fault each (every fault kind is also on a filesystem or clone)
+  c=zvol-full
+  for f in 0.05 0.25 0.65 0.85; do row $c cut "$f"; done
+  for f in 0.15 0.35 0.75 0.95; do row $c kill-driver "$f"; done
+  row $c kill-agent 0.5; row $c kill-zfs-send 0.5; row $c flip 0.5
   row fs-full kill-zfs-recv 0.5
   row zvol-incr cut 0.5
-  row fs-incr flip 0.5
-  row zvol-clone kill-zfs-send 0.3
+  row fs-full cut 0.3; row fs-full flip 0.6; row fs-full no-space; row fs-full kill-driver 0.5
   row fs-clone kill-agent 0.2
-  if [ "${QZB_FM_FULL:-0}" = 1 ]; then
-    row fs-full cut 0.3; row fs-full flip 0.6; row fs-full no-space; row fs-full kill-driver 0.5
-    row fs-incr kill-driver 0.5; row fs-clone no-space
-    row zvol-incr kill-driver 0.5; row zvol-incr kill-agent 0.5; row zvol-incr flip 0.5
-    row fs-incr cut 0.5; row fs-incr kill-zfs-recv 0.5
-    row zvol-clone cut 0.5; row zvol-clone kill-driver 0.5; row zvol-clone no-space
-    row fs-clone cut 0.5; row fs-clone kill-zfs-send 0.5; row fs-clone flip 0.5
-  fi
+  row fs-incr kill-driver 0.5; row fs-incr cut 0.5; row fs-incr kill-zfs-recv 0.5
+  row zvol-incr kill-driver 0.5; row zvol-incr flip 0.5
+  row zvol-clone cut 0.5; row zvol-clone kill-driver 0.5; row zvol-clone no-space
+  row fs-clone cut 0.5; row fs-clone kill-zfs-send 0.5
+  row fs-clone flip 0.5; row fs-clone no-space
 }
 if [ -n "${QZB_FM_ONLY:-}" ]; then   # e.g. QZB_FM_ONLY="zvol-full:none fs-full:kill-zfs-recv:0.5"
   for r in $QZB_FM_ONLY; do IFS=: read -r a b c <<< "$r"; row "$a" "$b" "$c"; done
