@@ -13,6 +13,8 @@ use crate::system::runner::{Exit, Runner, Spawned};
 
 /// How long the import may take to commit after its last byte.
 const COMMIT_LIMIT: Duration = Duration::from_secs(600);
+/// How long an import that stopped reading may take to end and say why.
+const GIVE_UP_WAIT: Duration = Duration::from_secs(10);
 
 static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 
@@ -52,12 +54,22 @@ impl<'r> Import<'r> {
             .as_mut()
             .and_then(|c| c.stdin.as_mut())
             .ok_or_else(|| Error::Send("the volume import is not running".into()))?;
-        stdin.write_all(data).map_err(|e| {
-            Error::Send(format!(
-                "importing {}:{}: qvm-volume stopped reading ({e})",
-                self.qube, self.volume
-            ))
-        })?;
+        if let Err(e) = stdin.write_all(data) {
+            // The import gave up: what it said is the reason, the broken pipe only the symptom.
+            let ended = self.child.take().map(|mut child| child.wait(GIVE_UP_WAIT));
+            let said = match ended {
+                Some((exit, stderr)) => format!(
+                    "; it ended ({}){}",
+                    exit.map(|e| e.to_string()).unwrap_or("did not end".into()),
+                    match crate::output::one_line(stderr.trim(), 300) {
+                        s if s.is_empty() => String::new(),
+                        s => format!(" saying: {s}"),
+                    }
+                ),
+                None => String::new(),
+            };
+            return Err(self.fail(format!("qvm-volume stopped reading ({e}){said}")));
+        }
         self.written += data.len() as u64;
         Ok(())
     }

@@ -125,6 +125,24 @@ fn an_altered_block_aborts_the_qubes_restore_and_removes_it_again() {
 }
 
 #[test]
+fn an_import_refused_before_it_reads_is_reported_with_what_qubes_said() {
+    let sys = sent();
+    sys.set_fake_env("QZB_FAKE_IMPORT_FAIL", "begin");
+    let run = restore(&sys, &["--rename"]);
+    run.expect(8);
+    assert!(
+        run.stdout.contains("FAILED    vault1: volume private: ")
+            && run.stdout.contains("qvm-volume stopped reading")
+            && run.stdout.contains("the pool is out of space")
+            && run.stdout.contains("the qube was removed again"),
+        "{}",
+        run.stdout
+    );
+    assert!(domain(&sys, "vault1").is_null());
+    assert!(!sys.state.join("imported/vault1/private.img").exists());
+}
+
+#[test]
 fn a_qube_whose_name_is_taken_is_skipped_and_nothing_is_restored() {
     let sys = sent();
     let run = restore(&sys, &[]);

@@ -84,6 +84,9 @@ pub fn main(root: &Path, args: &[String]) -> i32 {
     if let Err(code) = check(&q, &release, qube, volume) {
         return code;
     }
+    if import_refused_at_begin(target) {
+        return qubesd_error(&release, "Volume import refused: the pool is out of space");
+    }
     let dir = imported_dir(root, qube);
     if let Err(e) = std::fs::create_dir_all(&dir) {
         return fatal(format!("{}: {e}", dir.display()));
@@ -169,6 +172,13 @@ fn check(q: &state::Qubes, release: &str, qube: &str, volume: &str) -> Result<()
 /// `QZB_FAKE_FAULT_ONCE`): the import fails after all the data was read.
 fn import_fault(target: &str) -> bool {
     std::env::var("QZB_FAKE_IMPORT_FAIL").is_ok_and(|v| !v.is_empty())
+        && crate::sendrecv::fault_applies("IMPORT", target)
+}
+
+/// `QZB_FAKE_IMPORT_FAIL=begin` (same match variables): qubesd refuses the import before it
+/// reads a byte, so the caller's writes meet a closed pipe.
+fn import_refused_at_begin(target: &str) -> bool {
+    std::env::var("QZB_FAKE_IMPORT_FAIL").is_ok_and(|v| v == "begin")
         && crate::sendrecv::fault_applies("IMPORT", target)
 }
 
