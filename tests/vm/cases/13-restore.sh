@@ -105,9 +105,11 @@ t1=$(date +%s.%N)
 # Issue 14's throughput figure, one run: the whole restore (qube created, settings, read-back
 # checked, the stand-in import's own zfs create and copy) against the backup pool's raw send of
 # the same snapshot. Under TCG process starts dominate both; a figure, not a test.
-zfs send -L "$ROOT/$C/vault/private@qzb-r1" > /dev/null
+# (`zfs send > /dev/null` itself fails on this kernel: "Writing directly to /dev/{null,zero}
+# files on certain kernels is not currently implemented".)
+zfs send -L "$ROOT/$C/vault/private@qzb-r1" | cat > /dev/null
 t2=$(date +%s.%N)
-awk -v a="$t0" -v b="$t1" -v c="$t2" 'BEGIN { printf "  restore run %.1f s; raw zfs send -L > /dev/null of the medium'"'"'s snapshot %.1f s; ratio (send/restore) %.2f\n", b - a, c - b, (c - b) / (b - a) }'
+awk -v a="$t0" -v b="$t1" -v c="$t2" 'BEGIN { printf "  restore run %.1f s; raw zfs send -L | cat > /dev/null of the medium'"'"'s snapshot %.1f s; ratio (send/restore) %.2f\n", b - a, c - b, (c - b) / (b - a) }'
 h=$(restored_hash vault1)
 [ "$h" = "$src" ] || qzb_fail "vault1's restored volume ($h) differs from the source snapshot ($src)"
 echo "  vault1's private volume equals $C/vault/private@qzb-r1 (sha256 ${h:0:16})"
