@@ -655,7 +655,8 @@ fn e18_snapshot_defers_running_qubes_and_picks_up_snapshots_made_by_hand() {
         run.stdout
     );
 
-    // vault's two snapshots were taken in one atomic call; nothing of work was touched.
+    // vault's two snapshots were taken in one atomic call, marked with the backup that made
+    // them; nothing of work was touched.
     let snaps: Vec<Value> = sys
         .calls()
         .into_iter()
@@ -667,6 +668,8 @@ fn e18_snapshot_defers_running_qubes_and_picks_up_snapshots_made_by_hand() {
         serde_json::json!([
             "zfs",
             "snapshot",
+            "-o",
+            "qubes-zfs-backup:created=example",
             "mainpool/qubes/vault@b2",
             "mainpool/qubes/vault/private@b2"
         ])
