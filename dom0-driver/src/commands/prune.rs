@@ -273,3 +273,90 @@ fn print_json(
     });
     crate::outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::system::runner::{Exit, Spawned};
+    use std::sync::Mutex;
+
+    /// `zfs` as a canned system: three marked snapshots of `p/a`; destroying `@r2` fails.
+    struct Canned {
+        calls: Mutex<Vec<Vec<String>>>,
+    }
+
+    impl Runner for Canned {
+        fn run(&self, program: &str, args: &[&str]) -> std::result::Result<Vec<u8>, ToolError> {
+            assert_eq!(program, "zfs");
+            self.calls
+                .lock()
+                .unwrap()
+                .push(args.iter().map(|a| a.to_string()).collect());
+            let out = match args {
+                a if a == inventory::ZFS_LIST_ARGS => {
+                    "p\tfilesystem\t-\t1\t10\np/a\tfilesystem\t-\t2\t11\n"
+                }
+                a if a == inventory::SNAPSHOT_DETAILS_ARGS => {
+                    "p/a@r1\t3\t1796256000\t12\t100\np/a@r2\t4\t1796342400\t13\t200\np/a@r3\t5\t1796428800\t14\t300\n"
+                }
+                a if a == inventory::CREATED_BY_ARGS => "p/a@r1\tb\np/a@r2\tb\np/a@r3\tb\n",
+                ["destroy", "p/a@r2"] => {
+                    return Err(ToolError::new(
+                        "zfs destroy p/a@r2",
+                        "failed (exit status 1): cannot destroy snapshot p/a@r2: dataset is busy",
+                    ))
+                }
+                ["destroy", _] => "",
+                other => panic!("unexpected zfs {other:?}"),
+            };
+            Ok(out.as_bytes().to_vec())
+        }
+
+        fn status(&self, _: &str, _: &[&str]) -> std::result::Result<Exit, ToolError> {
+            unreachable!("prune only runs tools to completion")
+        }
+
+        fn spawn(&self, _: &str, _: &[&str], _: bool) -> std::result::Result<Spawned, ToolError> {
+            unreachable!("prune streams nothing")
+        }
+    }
+
+    const CONFIG: &str = "name: b\nscope:\n  target-snapshot: \"@r3\"\n  since: \"@r2\"\n  progressive: no\n  honour-origins: no\nallowed-behaviours:\n  snapshot-creation: yes\n  patching: no\nreceiver:\n  qube: backups\n  dataset: pool/b\ninclude-groups: [d]\nforgo-groups: []\nvoid-groups: []\nd:\n  type: datasets\n  members: [p/a]\nretention:\n  source: {last: 1}\n";
+
+    #[test]
+    fn a_destroy_that_fails_is_named_and_the_others_still_go() {
+        let dir = std::env::temp_dir().join(format!("qzb-prune-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::new(&dir);
+        let (config, _) = crate::config::parse(CONFIG).unwrap();
+        store
+            .save(&BackupState::new(
+                &config,
+                "/tmp/b.yaml",
+                CONFIG,
+                Vec::new(),
+            ))
+            .unwrap();
+        let runner = Canned {
+            calls: Mutex::new(Vec::new()),
+        };
+        let e = prune(&store, &runner, "b", true, false).unwrap_err();
+        assert_eq!(e.exit_code(), crate::error::exit::TOOL);
+        let text = e.to_string();
+        assert!(
+            text.contains("failed for 1 of 2 snapshot(s) (the others were destroyed): p/a@r2:"),
+            "{text}"
+        );
+        assert!(text.contains("dataset is busy"), "{text}");
+        let destroys: Vec<Vec<String>> = runner
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c[0] == "destroy")
+            .cloned()
+            .collect();
+        assert_eq!(destroys, [["destroy", "p/a@r1"], ["destroy", "p/a@r2"]]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
