@@ -347,6 +347,7 @@ fn e1_check_report_lists_designations_coverage_and_snapshot_counts() {
         "2 datasets inside included designations are left out",
         "0/2 required snapshots currently exist.",
         "2 snapshots are able to be automatically created.",
+        "Retention: none set, so `prune` keeps every snapshot.",
         "Configuration can be imported",
     ] {
         assert!(out.contains(line), "missing {line:?} in:\n{out}");

@@ -363,6 +363,21 @@ fn yes_destroys_exactly_the_planned_snapshots_one_zfs_destroy_each() {
 }
 
 #[test]
+fn check_shows_the_retention_grid_prune_will_apply() {
+    let sys = FakeSystem::new("reference-system");
+    let file = sys.write("daily.yaml", &daily_config("r1", "beginning", true));
+    let run = sys.driver(&["check", &file]);
+    run.expect(0);
+    assert!(
+        run.stdout.contains(
+            "Retention: `prune daily` keeps last 1, daily 1 of the snapshots this backup makes in dom0, and what the media and transfers still need."
+        ),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
 fn without_a_retention_section_prune_keeps_everything_and_says_so() {
     let sys = FakeSystem::new("reference-system");
     let file = sys.write("daily.yaml", &daily_config("r1", "beginning", false));
