@@ -11,11 +11,13 @@
 //!   derived from it for manifests and metadata, `key init|check|change`, and the passphrase
 //!   prompt; its files live in the metadata directory too (`key.wrapped`, `key`);
 //! - `snapshot`: pure: which target snapshots can be taken now, which wait for a running qube;
+//! - `prune`: pure: which of a backup's own snapshots its retention grid lets go, and what every
+//!   imported backup still needs (`protect`);
 //! - `stream`: everything that talks to the receiver agent: the protocol client over any
 //!   reader/writer, the qrexec call, the decisions on what the backup qube reports, the data
 //!   pump, and the send/verify/abort commands;
-//! - `commands`: the bodies of check, import, list, status, snapshot, calc, the entry points of
-//!   send/verify/abort, and the check/calc reports (`report`);
+//! - `commands`: the bodies of check, import, list, status, snapshot, calc, prune, the entry
+//!   points of send/verify/abort, and the check/calc reports (`report`);
 //! - `cli`: clap definitions and dispatch only.
 //!
 //! Restore (issue 10) will be a sibling of `stream::send` reading through the same client.
@@ -29,6 +31,7 @@ pub mod error;
 pub mod key;
 pub mod output;
 pub mod plan;
+pub mod prune;
 pub mod restore;
 pub mod snapshot;
 pub mod state;

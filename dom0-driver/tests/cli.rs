@@ -33,6 +33,7 @@ fn help_lists_every_command_and_the_exit_codes() {
     assert_eq!(code, 0);
     for cmd in [
         "check", "import", "list", "snapshot", "calc", "send", "verify", "abort", "status", "key",
+        "prune",
     ] {
         assert!(
             out.contains(&format!("  {cmd} ")),
@@ -45,7 +46,7 @@ fn help_lists_every_command_and_the_exit_codes() {
 #[test]
 fn command_help_has_an_example() {
     for cmd in [
-        "check", "import", "snapshot", "calc", "send", "abort", "key",
+        "check", "import", "snapshot", "calc", "send", "abort", "key", "prune",
     ] {
         let (code, out, _) = run(&["help", cmd]);
         assert_eq!(code, 0, "{cmd}");

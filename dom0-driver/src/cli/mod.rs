@@ -125,6 +125,22 @@ pub enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Destroy the snapshots in dom0 this backup made that its retention grid no longer keeps
+    /// (a dry run unless --yes). Never one a medium, a transfer or a clone still needs, never
+    /// the newest it made of a dataset, never one it did not make.
+    #[command(
+        after_help = "The grid is the config's `retention.source` (docs/CONFIG.md). Only snapshots whose own\nqubes-zfs-backup:created property names this backup (set by `snapshot`) are candidates.\nThe space shown is each snapshot's `used`: destroying several frees at least their sum.\nSnapshots on the backup medium are not pruned (not built yet).\n\nExample:\n  qubes-zfs-backup prune mybackup1          # what would go, and why the rest stays\n  qubes-zfs-backup prune mybackup1 --yes    # destroy them"
+    )]
+    Prune {
+        #[arg(value_parser = BackupName::parse)]
+        name: BackupName,
+        /// Destroy them (default: only list what would be destroyed).
+        #[arg(long)]
+        yes: bool,
+        /// Print one JSON object: every snapshot with its action and reasons, the totals.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the state of every target of an imported backup.
     Status {
         #[arg(value_parser = BackupName::parse)]
@@ -393,6 +409,9 @@ pub fn run(cli: &Cli, runner: &SystemRunner) -> Result<()> {
         Command::Snapshot { name } => commands::snapshot::snapshot(&store, runner, name),
         Command::Calc { name, json } => commands::calc::calc(&store, runner, &qrexec, name, *json),
         Command::Status { name, json } => commands::backups::status(&store, name, *json),
+        Command::Prune { name, yes, json } => {
+            commands::prune::prune(&store, runner, name, *yes, *json)
+        }
         Command::Send { name, json } => {
             commands::receiver::send(&store, runner, &qrexec, name, Mode::detect(*json))
         }

@@ -5,6 +5,7 @@
 pub mod backups;
 pub mod calc;
 pub mod check;
+pub mod prune;
 pub mod receiver;
 pub mod report;
 pub mod restore;

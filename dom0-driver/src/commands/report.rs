@@ -78,6 +78,14 @@ pub fn check_text(config: &Config, plan: &Plan, already_imported: bool, style: S
     }
     o.push('\n');
     o.push_str(&snapshot_summary(config, &plan.targets));
+    o.push_str(&match &config.retention {
+        Some(r) => format!(
+            "Retention: `prune {}` keeps {} of the snapshots this backup makes in dom0, and what the media and transfers still need.\n",
+            config.name,
+            r.source.describe()
+        ),
+        None => "Retention: none set, so `prune` keeps every snapshot.\n".to_owned(),
+    });
     if already_imported {
         o.push_str(&style.yellow(&format!(
             "Warning: A configuration named {} already exists, so importing with that name will fail (unless --replace).",

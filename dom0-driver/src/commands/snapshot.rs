@@ -1,4 +1,5 @@
-//! `snapshot`: the target snapshots of every qube that is not running, atomically per group.
+//! `snapshot`: the target snapshots of every qube that is not running, atomically per group,
+//! each marked with the backup that made it (`qubes-zfs-backup:created`, what `prune` goes by).
 
 use crate::commands::report;
 use crate::commands::{finished, refresh_snapshots};
@@ -42,8 +43,11 @@ pub fn snapshot(store: &Store, runner: &dyn Runner, name: &str) -> Result<()> {
     snap::add_running_qubes(&mut holders, &inv);
     let decision = snap::decide(&state.targets, &holders);
     let mut failures = Vec::new();
+    // Every snapshot made here carries the backup's name, set on the snapshot itself: the mark
+    // `prune` goes by (it never destroys a snapshot without it).
+    let made_by = format!("{}={}", inventory::CREATED_PROPERTY, state.name);
     for group in &decision.create {
-        let mut args = vec!["snapshot".to_owned()];
+        let mut args = vec!["snapshot".to_owned(), "-o".to_owned(), made_by.clone()];
         args.extend(group.snapshots.iter().map(ToString::to_string));
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         match runner.run("zfs", &argv) {

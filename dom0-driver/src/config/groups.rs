@@ -7,7 +7,7 @@ use crate::config::yaml::{quote, Node, Pos, Value};
 use qzb_protocol::names::{DatasetName, QubeName};
 use std::collections::HashMap;
 
-/// The top-level keys that are not group definitions.
+/// The required top-level keys; none of them is a group definition.
 pub(super) const RESERVED: [&str; 7] = [
     "name",
     "scope",
@@ -16,6 +16,26 @@ pub(super) const RESERVED: [&str; 7] = [
     "include-groups",
     "forgo-groups",
     "void-groups",
+];
+
+/// The optional top-level keys; not group definitions either.
+pub(super) const OPTIONAL: [&str; 1] = ["retention"];
+
+/// A top-level key that is not a group definition.
+fn is_reserved(key: &str) -> bool {
+    RESERVED.contains(&key) || OPTIONAL.contains(&key)
+}
+
+/// Every top-level key that is not a group, for suggestions.
+const ALL_KEYS: [&str; 8] = [
+    "name",
+    "scope",
+    "allowed-behaviours",
+    "receiver",
+    "include-groups",
+    "forgo-groups",
+    "void-groups",
+    "retention",
 ];
 
 impl Checker {
@@ -62,7 +82,7 @@ impl Checker {
                     ok = false;
                     continue;
                 };
-                if RESERVED.contains(&name) {
+                if is_reserved(name) {
                     self.error(
                         &path,
                         item.pos,
@@ -99,14 +119,14 @@ impl Checker {
         // not, so a misspelt reserved key or a broken spare group is caught too.
         let mut defined: HashMap<String, (GroupKind, Vec<Member>)> = HashMap::new();
         for key in &top.order {
-            if RESERVED.contains(&key.as_str()) {
+            if is_reserved(key) {
                 continue;
             }
             let (k, v) = top.map[key];
             if !referenced.contains_key(key) {
                 // Not a group anything refers to: a misspelt reserved key, or something that is
                 // no group at all (not a mapping with 'type' or 'members').
-                let close = suggest(key, &RESERVED);
+                let close = suggest(key, &ALL_KEYS);
                 let group_like = match &v.value {
                     Value::Map(pairs) => pairs
                         .iter()
@@ -146,7 +166,7 @@ impl Checker {
                         .order
                         .iter()
                         .map(String::as_str)
-                        .filter(|k| !RESERVED.contains(k))
+                        .filter(|k| !is_reserved(k))
                         .collect();
                     if let Some(s) = suggest(&name, &names) {
                         msg.push_str(&format!(" (or did you mean '{s}'?)"));
@@ -262,8 +282,9 @@ fn unknown_top_level_key(key: &str, close: Option<&str>) -> String {
         msg.push_str(&format!("; did you mean '{s}'?"));
     }
     msg.push_str(&format!(
-        " The top-level keys are {}; any other top-level key defines a group (a mapping with 'type' and 'members') and must be listed in include-groups, forgo-groups or void-groups",
-        RESERVED.join(", ")
+        " The top-level keys are {}, and optionally {}; any other top-level key defines a group (a mapping with 'type' and 'members') and must be listed in include-groups, forgo-groups or void-groups",
+        RESERVED.join(", "),
+        OPTIONAL.join(", ")
     ));
     msg
 }

@@ -5,16 +5,18 @@
 //! words the seed's own example uses (`yes`/`no`).
 //!
 //! This file holds the config types and `parse`; the checking is in `checker` (the reading
-//! primitives), `sections` (the top level and its fixed sections) and `groups` (group lists and
-//! definitions).
+//! primitives), `sections` (the top level and its fixed sections), `groups` (group lists and
+//! definitions) and `retention` (the optional grid `prune` keeps).
 
 mod checker;
 pub mod diag;
 pub mod name;
 
 pub use name::BackupName;
+pub use retention::{Grid, Retention};
 pub mod file;
 mod groups;
+pub mod retention;
 mod sections;
 pub mod yaml;
 
@@ -122,6 +124,8 @@ pub struct Config {
     pub receiver_dataset_pos: Pos,
     /// Referenced groups, include then forgo then void, each in list order.
     pub groups: Vec<Group>,
+    /// The optional `retention` section; None: `prune` keeps everything (and says so).
+    pub retention: Option<Retention>,
 }
 
 /// Parses and checks a config. On success returns it with any warnings; otherwise every error.

@@ -20,6 +20,8 @@ impl Checker {
             .get("allowed-behaviours")
             .and_then(|n| self.behaviours(n));
         let receiver = top.get("receiver").and_then(|n| self.receiver(n));
+        // Optional: without it, `prune` keeps everything. Its errors make the config invalid.
+        let retention = top.get("retention").map(|n| self.retention(n));
         let groups = self.groups(&top);
 
         for key in super::groups::RESERVED {
@@ -51,6 +53,10 @@ impl Checker {
             receiver_dataset,
             receiver_dataset_pos,
             groups: groups?,
+            retention: match retention {
+                Some(r) => Some(r?),
+                None => None,
+            },
         })
     }
 

@@ -102,6 +102,8 @@ fn seed_example_config_parses_unchanged() {
     assert_eq!(c.groups[0].members.len(), 6);
     assert_eq!(c.groups[0].members[5].path, "core-qubes.members[5]");
     assert_eq!(c.groups[1].kind, GroupKind::Datasets);
+    // No retention section: `prune` keeps everything.
+    assert_eq!(c.retention, None);
 }
 
 #[test]
@@ -460,4 +462,123 @@ fn malformed_inputs_never_panic() {
             let _ = parse(&text);
         }
     }
+}
+
+/// The seed example with `retention:` appended (the section's lines start at line 67).
+fn with_retention(section: &str) -> String {
+    format!("{SEED_EXAMPLE}retention:\n{section}")
+}
+
+#[test]
+fn retention_grid_is_read_with_left_out_counts_as_zero() {
+    let text = with_retention("  source: {last: 3, daily: 7, weekly: 4, monthly: 6}\n");
+    let (c, warnings) = parse(&text).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let r = c.retention.expect("a retention section");
+    assert_eq!(
+        r.source,
+        Grid {
+            last: 3,
+            hourly: 0,
+            daily: 7,
+            weekly: 4,
+            monthly: 6
+        }
+    );
+    assert_eq!(r.source.describe(), "last 3, daily 7, weekly 4, monthly 6");
+    assert_eq!(r.source_pos.line, SEED_EXAMPLE.lines().count() + 2);
+    // Block style, one count.
+    let (c, _) = parse(&with_retention("  source:\n    hourly: 24\n")).unwrap();
+    assert_eq!(c.retention.unwrap().source.hourly, 24);
+}
+
+#[test]
+fn retention_mistakes_are_errors_naming_the_key_and_what_is_wrong() {
+    let line = SEED_EXAMPLE.lines().count() + 2;
+    let cases: [(&str, &str, &str); 12] = [
+        (
+            "  source: {daily: -1}\n",
+            "retention.source.daily",
+            "-1 is negative",
+        ),
+        (
+            "  source: {dayly: 7}\n",
+            "retention.source.dayly",
+            "did you mean 'daily'?",
+        ),
+        (
+            "  source: {yearly: 2}\n",
+            "retention.source.yearly",
+            "allowed keys here: last, hourly, daily, weekly, monthly",
+        ),
+        (
+            "  source: {daily: 1.5}\n",
+            "retention.source.daily",
+            "expected a whole number of snapshots, found 1.5",
+        ),
+        (
+            "  source: {daily: seven}\n",
+            "retention.source.daily",
+            "expected a number of snapshots, found the text \"seven\"",
+        ),
+        (
+            "  source: {daily: \"7\"}\n",
+            "retention.source.daily",
+            "expected a number of snapshots, found the text \"7\"",
+        ),
+        (
+            "  source: {daily: 010}\n",
+            "retention.source.daily",
+            "not a plain decimal number",
+        ),
+        (
+            "  source: {daily: 5000000}\n",
+            "retention.source.daily",
+            "more than 1000000",
+        ),
+        (
+            "  source: {daily: 0, last: 0}\n",
+            "retention.source",
+            "this grid keeps nothing",
+        ),
+        (
+            "  source: {}\n",
+            "retention.source",
+            "this grid keeps nothing",
+        ),
+        (
+            "  source: {last: 1}\n  medium: {last: 1}\n",
+            "retention.medium",
+            "not built yet",
+        ),
+        (
+            "  sorce: {last: 1}\n",
+            "retention.source",
+            "missing required key 'source'",
+        ),
+    ];
+    for (section, path, message) in cases {
+        let errors = errors(&with_retention(section));
+        let e = errors
+            .iter()
+            .find(|e| e.path == path)
+            .unwrap_or_else(|| panic!("no error at {path} for {section:?}: {errors:#?}"));
+        assert!(e.message.contains(message), "{section:?}: {}", e.message);
+        assert!(
+            e.line == Some(line) || e.line == Some(line + 1) || e.line == Some(line - 1),
+            "{section:?}: {e:?}"
+        );
+        assert!(e.column.is_some(), "{e:?}");
+    }
+    // Not a mapping at all.
+    let e = one_error(&with_retention("  - last\n"));
+    assert_eq!(e.path, "retention");
+    assert!(
+        e.message.contains("expected 'retention' to hold 'source'"),
+        "{}",
+        e.message
+    );
+    // `retention` is no group, and no group may be called so.
+    let e = one_error(&with("  - misc\n", "  - misc\n  - retention\n"));
+    assert!(e.message.contains("reserved key"), "{}", e.message);
 }

@@ -122,7 +122,9 @@ fn send_refuses_a_backup_name_that_is_a_path_before_creating_any_file() {
 fn backup_names_too_long_or_read_as_options_are_usage_errors_for_every_command() {
     let sys = FakeSystem::new("reference-system");
     let long = "a".repeat(5000);
-    for cmd in ["send", "status", "snapshot", "calc", "verify", "abort"] {
+    for cmd in [
+        "send", "status", "snapshot", "calc", "verify", "abort", "prune",
+    ] {
         let run = sys.driver(&[cmd, &long]);
         run.expect(2);
         assert_has(

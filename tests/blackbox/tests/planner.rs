@@ -347,6 +347,7 @@ fn e1_check_report_lists_designations_coverage_and_snapshot_counts() {
         "2 datasets inside included designations are left out",
         "0/2 required snapshots currently exist.",
         "2 snapshots are able to be automatically created.",
+        "Retention: none set, so `prune` keeps every snapshot.",
         "Configuration can be imported",
     ] {
         assert!(out.contains(line), "missing {line:?} in:\n{out}");
@@ -655,7 +656,8 @@ fn e18_snapshot_defers_running_qubes_and_picks_up_snapshots_made_by_hand() {
         run.stdout
     );
 
-    // vault's two snapshots were taken in one atomic call; nothing of work was touched.
+    // vault's two snapshots were taken in one atomic call, marked with the backup that made
+    // them; nothing of work was touched.
     let snaps: Vec<Value> = sys
         .calls()
         .into_iter()
@@ -667,6 +669,8 @@ fn e18_snapshot_defers_running_qubes_and_picks_up_snapshots_made_by_hand() {
         serde_json::json!([
             "zfs",
             "snapshot",
+            "-o",
+            "qubes-zfs-backup:created=example",
             "mainpool/qubes/vault@b2",
             "mainpool/qubes/vault/private@b2"
         ])

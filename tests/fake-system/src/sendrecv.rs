@@ -760,6 +760,7 @@ fn commit(z: &mut Zfs, host: &str, h: &Header, c: &Check, o: &RecvOpts) {
         used: None,
         creation: None,
         delta: None,
+        props: Default::default(),
     });
     ds.partial = None;
     ds.inconsistent = false;

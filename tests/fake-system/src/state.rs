@@ -128,6 +128,10 @@ pub struct Snapshot {
     /// without it the delta is generated from guid and sizes, see `crate::vol`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delta: Option<crate::vol::VolDelta>,
+    /// User properties set on the snapshot itself (`zfs snapshot -o a:b=v`); others are
+    /// inherited from its dataset, as zfs does.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub props: BTreeMap<String, String>,
 }
 
 pub const DEFAULT_SNAP_SIZE: u64 = 307_200;

@@ -276,7 +276,13 @@ pub fn prop(z: &Zfs, host: &str, e: &Ent, p: &str, parsable: bool) -> Option<(St
             Some((v, src, _)) => (v, src),
             None => none(),
         },
-        (Ent::Snap(..), user) if user.contains(':') => none(),
+        (Ent::Snap(n, _, s), user) if user.contains(':') => match s.props.get(user) {
+            Some(v) => (v.clone(), "local".into()),
+            None => match inherited(z, n, user) {
+                Some((v, _, from)) => (v, format!("inherited from {from}")),
+                None => none(),
+            },
+        },
         _ => return None,
     })
 }
@@ -550,9 +556,41 @@ fn list(root: &Path, host: &str, args: &[String]) -> Res {
 
 fn get(root: &Path, host: &str, args: &[String]) -> Res {
     let p = getopt(args, "dots", "Hpr").map_err(|_| Unsupported)?;
-    if !p.has('H') || p.has('s') || p.operands.is_empty() {
+    if !p.has('H') || p.operands.is_empty() {
         return Err(Unsupported);
     }
+    // `-s local,inherited,...`: only rows whose source is one of these.
+    let sources: Option<Vec<String>> = match p.last('s') {
+        Some(list) => {
+            let list: Vec<String> = list.split(',').map(String::from).collect();
+            if list.iter().any(|x| {
+                ![
+                    "local",
+                    "default",
+                    "inherited",
+                    "temporary",
+                    "received",
+                    "none",
+                ]
+                .contains(&x.as_str())
+            }) {
+                return Err(Unsupported);
+            }
+            Some(list)
+        }
+        None => None,
+    };
+    let wanted = |src: &str| match &sources {
+        None => true,
+        Some(list) => list.iter().any(|w| match w.as_str() {
+            "local" => src == "local",
+            "default" => src == "default",
+            "inherited" => src.starts_with("inherited"),
+            "none" => src == "-",
+            // The fake has no temporary or received values.
+            _ => false,
+        }),
+    };
     let parsable = p.has('p');
     let fields: Vec<String> = p
         .last('o')
@@ -606,6 +644,9 @@ fn get(root: &Path, host: &str, args: &[String]) -> Res {
         for pr in &props {
             let (v, src) =
                 prop(z, host, e, pr, parsable).unwrap_or_else(|| ("-".into(), "-".into()));
+            if !wanted(&src) {
+                continue;
+            }
             let row: Vec<String> = fields
                 .iter()
                 .map(|f| match f.as_str() {
@@ -624,9 +665,18 @@ fn get(root: &Path, host: &str, args: &[String]) -> Res {
 }
 
 fn snapshot(root: &Path, host: &str, args: &[String]) -> Res {
-    let p = getopt(args, "", "r").map_err(|_| Unsupported)?;
+    let p = getopt(args, "o", "r").map_err(|_| Unsupported)?;
     if p.operands.is_empty() {
         return Err(Unsupported);
+    }
+    // `-o prop=value`: user properties only (zfs also allows a few native ones; we need none).
+    let mut props = std::collections::BTreeMap::new();
+    for o in p.values('o') {
+        let (k, v) = o.split_once('=').ok_or(Unsupported)?;
+        if !k.contains(':') {
+            return Err(Unsupported);
+        }
+        props.insert(k.to_string(), v.to_string());
     }
     let recursive = p.has('r');
     let names = p.operands.clone();
@@ -691,6 +741,7 @@ fn snapshot(root: &Path, host: &str, args: &[String]) -> Res {
                 used: None,
                 delta: None,
                 creation: None,
+                props: props.clone(),
             };
             ds.snapshots.push(snap);
             ds.modified = false;

@@ -273,6 +273,75 @@ fn snapshot_is_atomic_and_assigns_one_new_txg() {
 }
 
 #[test]
+fn snapshot_user_properties_set_at_creation_are_local_and_get_filters_by_source() {
+    let s = Sys::new("reference-system");
+    let o = s.zfs(
+        "dom0",
+        &[
+            "snapshot",
+            "-o",
+            "qubes-zfs-backup:created=daily",
+            "mainpool/shared@r1",
+            "mainpool/dom0@r1",
+        ],
+    );
+    assert!(o.status.success(), "{}", err(&o));
+    let o = s.zfs(
+        "dom0",
+        &[
+            "get",
+            "-H",
+            "-o",
+            "name,value,source",
+            "qubes-zfs-backup:created",
+            "mainpool/shared@r1",
+            "mainpool/shared@b1",
+        ],
+    );
+    // In zfs' order (dataset, then createtxg), not the operands'.
+    assert_eq!(
+        out(&o),
+        "mainpool/shared@b1\t-\t-\nmainpool/shared@r1\tdaily\tlocal\n"
+    );
+    // `-s local` with no operand: every snapshot whose own value is set, nothing else.
+    let o = s.zfs(
+        "dom0",
+        &[
+            "get",
+            "-H",
+            "-p",
+            "-t",
+            "snapshot",
+            "-s",
+            "local",
+            "-o",
+            "name,value",
+            "qubes-zfs-backup:created",
+        ],
+    );
+    assert_eq!(
+        out(&o),
+        "mainpool/dom0@r1\tdaily\nmainpool/shared@r1\tdaily\n"
+    );
+    let o = s.zfs(
+        "dom0",
+        &[
+            "list",
+            "-H",
+            "-o",
+            "name,qubes-zfs-backup:created",
+            "-t",
+            "snapshot",
+            "mainpool/shared",
+        ],
+    );
+    assert_eq!(
+        out(&o),
+        "mainpool/shared@b1\t-\nmainpool/shared@r1\tdaily\n"
+    );
+}
+
+#[test]
 fn send_dry_run_parsable_formats() {
     let s = Sys::new("reference-system");
     // send_print_verbose: "full\t%s" / "incremental\t%s\t%s" then "\t%llu", then "size\t%llu"
