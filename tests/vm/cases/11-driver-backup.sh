@@ -31,6 +31,7 @@ head -c 300000 /dev/urandom > "$(qzb_fs_path "$P/archive/dom0-old")/changed-in-c
 cleanup() ( # a subshell: its set +e stays inside
   set +e
   zfs destroy -r "$ROOT/$P" 2>/dev/null
+  zfs destroy -r "$ROOT/.qzb-meta" 2>/dev/null
   zfs destroy -r "$P/archive"
   zfs list -H -o name -t snapshot -r "$P" | grep -E '@qzb-(b0|b1|b2|mid)$' | xargs -r -n1 zfs destroy
   rm -f "$QZB_DOM0_PATH/home/user/b2-new.bin"
@@ -38,6 +39,9 @@ cleanup() ( # a subshell: its set +e stays inside
 )
 trap cleanup EXIT
 zfs destroy -r "$ROOT/$P" 2>/dev/null || true
+# Each case is a fresh medium: the agent's metadata filesystem of an earlier case (another key,
+# mounted under that case's directory) goes too, or the agent refuses its mountpoint.
+zfs destroy -r "$ROOT/.qzb-meta" 2>/dev/null || true
 
 config() { # config <file> <name> <target> <since> <progressive> <honour-origins>
   cat > "$1" <<EOF

@@ -28,6 +28,7 @@ OUT=$P/qzb-restored
 cleanup() (
   set +e
   zfs destroy -r "$ROOT/$P" 2>/dev/null
+  zfs destroy -r "$ROOT/.qzb-meta" 2>/dev/null
   zfs destroy -r "$ROOT/decoy" 2>/dev/null
   zfs destroy -r "$OUT" 2>/dev/null
   zfs list -H -o name -t snapshot -r "$P" | grep -E '@qzb-r1$' | xargs -r -n1 zfs destroy
@@ -35,6 +36,9 @@ cleanup() (
 )
 trap cleanup EXIT
 zfs destroy -r "$ROOT/$P" 2>/dev/null || true
+# Each case is a fresh medium: the agent's metadata filesystem of an earlier case (another key,
+# mounted under that case's directory) goes too, or the agent refuses its mountpoint.
+zfs destroy -r "$ROOT/.qzb-meta" 2>/dev/null || true
 zfs create -p -o mountpoint=none "$OUT"
 
 # The stand-in `qvm-volume import --size=N QUBE:VOLUME -`, first on the driver's PATH. Its copy
