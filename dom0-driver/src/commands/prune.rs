@@ -9,8 +9,8 @@ use crate::output::{human_bytes, sanitize, Style};
 use crate::prune::protect::{protected, BackupRecord};
 use crate::prune::{self, Decision, Plan, Verdict};
 use crate::state::{BackupState, Store};
-use crate::system::inventory;
 use crate::system::runner::{Runner, ToolError};
+use crate::system::{inventory, snapshot_details};
 use qzb_protocol::names::SnapshotName;
 use serde_json::json;
 
@@ -59,7 +59,7 @@ pub fn prune(store: &Store, runner: &dyn Runner, name: &str, yes: bool, json: bo
         .values()
         .filter_map(|d| d.origin.clone().map(|o| (d.name.to_string(), o)))
         .collect();
-    let snapshots = inventory::collect_snapshot_details(runner)?;
+    let snapshots = snapshot_details::collect_snapshot_details(runner)?;
     let protected = protected(&records, &snapshots, &clones);
     let plan = prune::plan(&retention.source, name, &snapshots, &protected);
 
@@ -172,7 +172,7 @@ fn print_summary(backup: &str, plan: &Plan, yes: bool, outcomes: &[(&Decision, O
     if own == 0 {
         crate::outln!(
             "Nothing to prune: no snapshot in dom0 carries backup {backup}'s mark ({}={backup}, set by `snapshot` since this version); snapshots made by hand or before are never pruned.",
-            inventory::CREATED_PROPERTY
+            snapshot_details::CREATED_PROPERTY
         );
         return;
     }
@@ -296,10 +296,10 @@ mod tests {
                 a if a == inventory::ZFS_LIST_ARGS => {
                     "p\tfilesystem\t-\t1\t10\np/a\tfilesystem\t-\t2\t11\n"
                 }
-                a if a == inventory::SNAPSHOT_DETAILS_ARGS => {
+                a if a == snapshot_details::SNAPSHOT_DETAILS_ARGS => {
                     "p/a@r1\t3\t1796256000\t12\t100\np/a@r2\t4\t1796342400\t13\t200\np/a@r3\t5\t1796428800\t14\t300\n"
                 }
-                a if a == inventory::CREATED_BY_ARGS => "p/a@r1\tb\np/a@r2\tb\np/a@r3\tb\n",
+                a if a == snapshot_details::CREATED_BY_ARGS => "p/a@r1\tb\np/a@r2\tb\np/a@r3\tb\n",
                 ["destroy", "p/a@r2"] => {
                     return Err(ToolError::new(
                         "zfs destroy p/a@r2",

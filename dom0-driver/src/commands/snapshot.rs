@@ -6,8 +6,8 @@ use crate::commands::{finished, refresh_snapshots};
 use crate::error::{Error, Result};
 use crate::output::Style;
 use crate::state::{SnapshotState, Store};
-use crate::system::inventory;
 use crate::system::runner::{Runner, ToolError};
+use crate::system::{inventory, snapshot_details};
 
 pub fn snapshot(store: &Store, runner: &dyn Runner, name: &str) -> Result<()> {
     use crate::snapshot as snap;
@@ -45,7 +45,7 @@ pub fn snapshot(store: &Store, runner: &dyn Runner, name: &str) -> Result<()> {
     let mut failures = Vec::new();
     // Every snapshot made here carries the backup's name, set on the snapshot itself: the mark
     // `prune` goes by (it never destroys a snapshot without it).
-    let made_by = format!("{}={}", inventory::CREATED_PROPERTY, state.name);
+    let made_by = format!("{}={}", snapshot_details::CREATED_PROPERTY, state.name);
     for group in &decision.create {
         let mut args = vec!["snapshot".to_owned(), "-o".to_owned(), made_by.clone()];
         args.extend(group.snapshots.iter().map(ToString::to_string));

@@ -22,7 +22,7 @@ pub mod calendar;
 pub mod protect;
 
 use crate::config::Grid;
-use crate::system::inventory::SnapshotDetails;
+use crate::system::snapshot_details::SnapshotDetails;
 use calendar::Period;
 use qzb_protocol::names::SnapshotName;
 use std::collections::{BTreeMap, HashSet};
@@ -150,7 +150,7 @@ impl KeepReason {
             KeepReason::QubesRevision => "Qubes' own revision snapshot".into(),
             KeepReason::NotMadeByTool => format!(
                 "not made by qubes-zfs-backup (no {} property of its own)",
-                crate::system::inventory::CREATED_PROPERTY
+                crate::system::snapshot_details::CREATED_PROPERTY
             ),
             // The mark is anyone's text: one line, bounded.
             KeepReason::MadeByOtherBackup(b) => format!(

@@ -4,7 +4,7 @@
 
 use super::{Protected, Protection};
 use crate::state::{SendState, TargetState};
-use crate::system::inventory::SnapshotDetails;
+use crate::system::snapshot_details::SnapshotDetails;
 use qzb_protocol::names::SnapshotName;
 use std::collections::{BTreeMap, HashMap};
 
